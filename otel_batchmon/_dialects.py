@@ -1,0 +1,217 @@
+"""Per-dialect SQL for time: the database clock, cut-offs and epochs.
+
+Every age and window is computed on the database clock, so a monitor on
+a host with a skewed clock or another TZ reports the same numbers. Cut-offs
+are compared with the bare column where the dialect allows it, so the
+recommended indexes stay usable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Double,
+    bindparam,
+    case,
+    cast,
+    extract,
+    func,
+    literal,
+    text,
+)
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import DateTime, Interval
+
+__all__ = [
+    "TimeColumn",
+    "TimeSql",
+    "is_aware",
+    "is_timestamp",
+    "time_sql_for",
+]
+
+_UNIX_EPOCH_JULIAN_DAY = 2440587.5
+_FIXED_OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})")
+
+
+@dataclass(frozen=True)
+class TimeColumn:
+    """A timestamp column and how to read a naive value from it."""
+
+    column: ColumnElement[Any]
+    aware: bool
+
+
+class TimeSql:
+    """Builds time expressions for one dialect and one store zone.
+
+    ``at(column, shift)`` is the database clock moved by the bound
+    parameter ``shift`` (seconds), in the column's own representation, so
+    ``column.value(c) < at(c, "stuck_shift")`` can use an index.
+    """
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+
+    def value(self, col: TimeColumn) -> ColumnElement[Any]:
+        """The column as compared with ``at``."""
+        return col.column
+
+    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+        """The database clock plus ``shift`` seconds, comparable to col."""
+        raise NotImplementedError
+
+    def epoch(self, col: TimeColumn) -> ColumnElement[float]:
+        """Seconds since 1970-01-01 UTC of the column's value."""
+        raise NotImplementedError
+
+    def now_epoch(self, shift: str) -> ColumnElement[float]:
+        """Seconds since 1970-01-01 UTC of the database clock + shift."""
+        raise NotImplementedError
+
+    def parameter(self, seconds: float) -> float | int:
+        """The bound value that stands for a shift of ``seconds``."""
+        return seconds
+
+
+class _PostgresTime(TimeSql):
+    def _now(self, shift: str) -> ColumnElement[Any]:
+        return func.now() + func.make_interval(
+            0, 0, 0, 0, 0, 0, bindparam(shift, type_=Double)
+        )
+
+    def _zone(self) -> ColumnElement[Any]:
+        # A bare '+02:00' is read by PostgreSQL with the POSIX sign (UTC-2);
+        # as an interval it keeps the ISO meaning people expect.
+        if _FIXED_OFFSET.fullmatch(self.zone):
+            return cast(literal(self.zone), Interval)
+        return literal(self.zone)
+
+    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+        if col.aware:
+            return self._now(shift)
+        return func.timezone(self._zone(), self._now(shift))
+
+    def epoch(self, col: TimeColumn) -> ColumnElement[float]:
+        value = col.column
+        if not col.aware and self.zone != "UTC":
+            value = func.timezone(self._zone(), value)
+        return cast(extract("epoch", value), Double)
+
+    def now_epoch(self, shift: str) -> ColumnElement[float]:
+        return cast(extract("epoch", self._now(shift)), Double)
+
+
+class _MysqlTime(TimeSql):
+    # The session runs with time_zone = '+00:00', so TIMESTAMP columns and
+    # UTC_TIMESTAMP() are both UTC; DATETIME is read in the store's zone.
+    def _now(self, shift: str) -> ColumnElement[Any]:
+        return func.timestampadd(
+            text("MICROSECOND"), bindparam(shift), func.utc_timestamp(6)
+        )
+
+    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+        if col.aware or self.zone == "UTC":
+            return self._now(shift)
+        return func.convert_tz(self._now(shift), "+00:00", self.zone)
+
+    def epoch(self, col: TimeColumn) -> ColumnElement[float]:
+        value: ColumnElement[Any] = col.column
+        if not col.aware and self.zone != "UTC":
+            value = func.convert_tz(value, self.zone, "+00:00")
+        return self._seconds(value)
+
+    def now_epoch(self, shift: str) -> ColumnElement[float]:
+        return self._seconds(self._now(shift))
+
+    def parameter(self, seconds: float) -> int:
+        return round(seconds * 1_000_000)
+
+    @staticmethod
+    def _seconds(value: ColumnElement[Any]) -> ColumnElement[float]:
+        micros = func.timestampdiff(
+            text("MICROSECOND"), literal("1970-01-01 00:00:00"), value
+        )
+        return cast(micros / 1_000_000.0, Double)
+
+
+class _SqliteTime(TimeSql):
+    # SQLite keeps timestamps as text in several layouts; julianday()
+    # reads them all ('T' or space, optional fraction, Z or +hh:mm), so
+    # comparisons are made on julian days, never on the raw text.
+    def __init__(self, zone: str) -> None:
+        super().__init__(zone)
+        match = _FIXED_OFFSET.fullmatch(zone)
+        hours = 0.0
+        if match:
+            sign = -1.0 if match.group(1) == "-" else 1.0
+            hours = sign * (int(match.group(2)) + int(match.group(3)) / 60)
+        self._offset_days = hours / 24.0
+
+    def value(self, col: TimeColumn) -> ColumnElement[Any]:
+        day = func.julianday(col.column)
+        if not self._offset_days:
+            return day
+        has_zone = (
+            col.column.like("%Z")
+            | col.column.like("%+__:__")
+            | col.column.like("%-__:__")
+        )
+        return case((has_zone, day), else_=day - self._offset_days)
+
+    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+        return func.julianday("now") + bindparam(shift, type_=Double)
+
+    def epoch(self, col: TimeColumn) -> ColumnElement[float]:
+        return (self.value(col) - _UNIX_EPOCH_JULIAN_DAY) * 86400.0
+
+    def now_epoch(self, shift: str) -> ColumnElement[float]:
+        return (
+            func.julianday("now")
+            + bindparam(shift, type_=Double)
+            - _UNIX_EPOCH_JULIAN_DAY
+        ) * 86400.0
+
+    def parameter(self, seconds: float) -> float:
+        return seconds / 86400.0
+
+
+_BY_DIALECT: dict[str, type[TimeSql]] = {
+    "postgresql": _PostgresTime,
+    "mysql": _MysqlTime,
+    "mariadb": _MysqlTime,
+    "sqlite": _SqliteTime,
+}
+
+
+def time_sql_for(dialect: str, zone: str) -> TimeSql:
+    """Return the time SQL builder for a SQLAlchemy dialect name."""
+    try:
+        return _BY_DIALECT[dialect](zone)
+    except KeyError:
+        supported = ", ".join(sorted(_BY_DIALECT))
+        raise ValueError(
+            f"database dialect {dialect!r} is not supported; "
+            f"otel_batchmon reads {supported}"
+        ) from None
+
+
+def is_aware(dialect: str, column_type: object) -> bool:
+    """Tell whether a reflected column type stores an absolute instant."""
+    from sqlalchemy.types import TIMESTAMP
+
+    if dialect == "postgresql":
+        return bool(getattr(column_type, "timezone", False))
+    if dialect in ("mysql", "mariadb"):
+        return isinstance(column_type, TIMESTAMP)
+    return False
+
+
+def is_timestamp(dialect: str, column_type: object) -> bool:
+    """Tell whether a reflected column can be read as a timestamp."""
+    if dialect == "sqlite":
+        return True
+    return isinstance(column_type, DateTime)

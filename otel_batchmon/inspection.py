@@ -1,0 +1,217 @@
+"""What ``otel-batchmon check`` reports: mapping, status values, indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from sqlalchemy import Column, Index, MetaData, Table, func, inspect
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.schema import CreateIndex
+
+from otel_batchmon._engine import classify, create_monitor_engine, mask_url
+from otel_batchmon.config import MonitorConfig, StoreConfig
+from otel_batchmon.errors import ConfigError
+from otel_batchmon.status import StatusMap
+from otel_batchmon.store import BatchStore
+
+__all__ = ["IndexAdvice", "check_stores", "recommended_indexes"]
+
+_MAX_NAME = 60
+
+
+@dataclass(frozen=True)
+class IndexAdvice:
+    """One recommended index: why, and the statement that creates it."""
+
+    name: str
+    purpose: str
+    index: Index
+    # The plain columns, in order; empty for an index on expressions,
+    # which only an index of the same name is taken to cover.
+    columns: tuple[str, ...]
+
+    def statement(self, dialect: Dialect) -> str:
+        """The CREATE INDEX statement for ``dialect``."""
+        ddl = CreateIndex(self.index).compile(
+            dialect=dialect, compile_kwargs={"literal_binds": True}
+        )
+        return f"{str(ddl).strip()};"
+
+
+def recommended_indexes(
+    store: StoreConfig, columns: Mapping[str, str], dialect: str
+) -> list[IndexAdvice]:
+    """The indexes that keep a refresh cheap for this store and dialect.
+
+    ``columns`` maps roles to the table's real column names.
+    """
+    names = sorted(set(columns.values()))
+    table = Table(
+        store.table,
+        MetaData(),
+        *(Column(n) for n in names),
+        schema=store.schema,
+    )
+    status = table.c[columns["status"]]
+    started = table.c[columns["started_at"]]
+    finished = table.c[columns["finished_at"]]
+    # SQLite compares julian days, so only an index on the same expression
+    # is usable there.
+    day = (
+        (lambda c: func.julianday(c)) if dialect == "sqlite" else (lambda c: c)
+    )
+    running = StatusMap(store.statuses).raw_values(
+        ("pending", "processing", *store.stuck_statuses)
+    )
+    partial = status.in_(running)
+    advice = [
+        _advice(store, "window by start time", (day(started),), (started,)),
+        _advice(store, "finished rows", (day(finished),), (finished,)),
+    ]
+    running_index = (status, day(started))
+    if dialect in ("postgresql", "sqlite"):
+        advice.append(
+            _advice(
+                store,
+                "running and stuck batches",
+                running_index,
+                (status, started),
+                where=partial,
+            )
+        )
+        return advice
+    advice.append(
+        _advice(
+            store,
+            "running and stuck batches",
+            running_index,
+            (status, started),
+        )
+    )
+    advice.append(
+        _advice(store, "last success", (status, finished), (status, finished))
+    )
+    return advice
+
+
+def _advice(
+    store: StoreConfig,
+    purpose: str,
+    expressions: tuple[Any, ...],
+    columns: tuple[Column[Any], ...],
+    where: Any = None,
+) -> IndexAdvice:
+    names = tuple(c.name for c in columns)
+    suffix = "_running" if where is not None else ""
+    name = f"ix_{store.table}_{'_'.join(names)}{suffix}"[:_MAX_NAME]
+    options = {}
+    if where is not None:
+        options = {"postgresql_where": where, "sqlite_where": where}
+    index = Index(name, *expressions, **options)
+    plain = all(isinstance(e, Column) for e in expressions)
+    return IndexAdvice(name, purpose, index, names if plain else ())
+
+
+def check_stores(config: MonitorConfig, out: TextIO) -> bool:
+    """Check every store and print what was found; True when usable."""
+    print(f"configuration: ok, {len(config.stores)} store(s)", file=out)
+    usable = True
+    for store_config in config.stores:
+        usable &= _check_store(config, store_config, out)
+    return usable
+
+
+def _check_store(
+    config: MonitorConfig, store_config: StoreConfig, out: TextIO
+) -> bool:
+    where = f"{store_config.qualified_table} in " + mask_url(
+        store_config.database_url
+    )
+    print(f"store {store_config.name}: {where}", file=out)
+    engine = create_monitor_engine(
+        store_config.database_url,
+        config.statement_timeout_seconds,
+        config.connect_timeout_seconds,
+    )
+    store = BatchStore(store_config, config.clock_offset_seconds)
+    try:
+        with engine.connect() as connection, connection.begin():
+            bound = store.bind(connection)
+            print(f"  columns: {_roles(bound.columns)}", file=out)
+            _report_statuses(store, connection, out)
+            _report_indexes(store, connection, out)
+            snapshot = store.read(connection)
+            print("  refresh: ok", file=out)
+            for line in snapshot.summary_lines()[1:]:
+                print(f"  {line}", file=out)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"  problem: {problem}", file=out)
+        return False
+    except Exception as exc:
+        failure = classify(exc)
+        print(
+            f"  problem: cannot read the table ({failure.error_type}): "
+            f"{failure.message}",
+            file=out,
+        )
+        return False
+    finally:
+        engine.dispose()
+    return True
+
+
+def _roles(columns: Mapping[str, str]) -> str:
+    return ", ".join(f"{role}={name}" for role, name in columns.items())
+
+
+def _report_statuses(
+    store: BatchStore, connection: Connection, out: TextIO
+) -> None:
+    values = store.status_values(connection)
+    unknown = {
+        v: n for v, n in values.items() if not store.statuses.is_known(v)
+    }
+    if not unknown:
+        print("  status values: all mapped", file=out)
+        return
+    listed = ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(unknown.items()))
+    print(
+        f"  status values not mapped (reported as 'other'): {listed}; "
+        "map them under [statuses]",
+        file=out,
+    )
+
+
+def _report_indexes(
+    store: BatchStore, connection: Connection, out: TextIO
+) -> None:
+    bound = store.bound
+    assert bound is not None
+    existing = inspect(connection).get_indexes(bound.name, schema=bound.schema)
+    missing = [
+        advice
+        for advice in recommended_indexes(
+            store.config, bound.columns, bound.dialect
+        )
+        if not _covered(advice, existing)
+    ]
+    if not missing:
+        print("  indexes: all recommended indexes exist", file=out)
+        return
+    print("  missing recommended indexes:", file=out)
+    for advice in missing:
+        print(f"    -- {advice.purpose}", file=out)
+        print(f"    {advice.statement(connection.dialect)}", file=out)
+
+
+def _covered(advice: IndexAdvice, existing: Sequence[Any]) -> bool:
+    for index in existing:
+        if index.get("name") == advice.name:
+            return True
+        names = tuple(index.get("column_names") or ())
+        if advice.columns and names[: len(advice.columns)] == advice.columns:
+            return True
+    return False
