@@ -1,0 +1,280 @@
+"""The ``otel-batchmon`` command.
+
+Exit codes: 0 success; 1 metrics could not be exported; 2 bad
+configuration or usage; 3 the database could not be read; 130 interrupted.
+Errors are one line on stderr; ``--debug`` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from otel_batchmon._engine import mask_text
+from otel_batchmon.config import MonitorConfig, load_config, parse_config
+from otel_batchmon.errors import BatchmonError, ConfigError, StoreError
+from otel_batchmon.monitor import BatchMonitor
+from otel_batchmon.refresher import RefreshOutcome
+from otel_batchmon.telemetry import Telemetry, build_telemetry
+from otel_batchmon.version import __version__
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_EXPORT = 1
+EXIT_CONFIG = 2
+EXIT_DATABASE = 3
+EXIT_INTERRUPTED = 130
+
+_log = logging.getLogger("otel_batchmon")
+
+
+class _ExportFailed(BatchmonError):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.debug)
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as exc:
+        return _fail(EXIT_CONFIG, str(exc), args.debug)
+    except StoreError as exc:
+        return _fail(EXIT_DATABASE, str(exc), args.debug)
+    except _ExportFailed as exc:
+        return _fail(EXIT_EXPORT, str(exc), args.debug)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _fail(code: int, message: str, debug: bool) -> int:
+    if debug:
+        _log.exception("otel-batchmon failed")
+    print(f"otel-batchmon: error: {mask_text(message)}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-batchmon",
+        description="Report batch jobs kept in a SQL table as "
+        "OpenTelemetry metrics.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML settings file (default: $OTEL_BATCHMON_CONFIG)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", help="log details and tracebacks"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", parents=[common], help="refresh and export until stopped"
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="refresh once, export once, print a summary and exit",
+    )
+    run.set_defaults(handler=_run)
+    demo = commands.add_parser(
+        "demo", parents=[common], help="monitor a generated SQLite table"
+    )
+    demo.add_argument(
+        "--database",
+        metavar="PATH",
+        default="batchmon-demo.db",
+        help="SQLite file to create (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep refreshing and exporting until interrupted",
+    )
+    demo.set_defaults(handler=_demo)
+    init = commands.add_parser(
+        "init-db", parents=[common], help="create the default batch table"
+    )
+    init.set_defaults(handler=_init_db)
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate settings, mapping, status values and indexes",
+    )
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:
+        # The monitor says itself when an export failed, in one line.
+        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+    logging.getLogger("otel_batchmon").setLevel(
+        logging.DEBUG if debug else logging.INFO
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.once:
+        telemetry = build_telemetry("otlp", periodic=False)
+        return _once(config, telemetry, sys.stdout)
+    return _serve(config, build_telemetry("otlp"))
+
+
+def _once(config: MonitorConfig, telemetry: Telemetry, out: TextIO) -> int:
+    monitor = BatchMonitor(config, telemetry.provider)
+    try:
+        outcomes = monitor.refresh_now()
+        _flush(telemetry, config)
+    finally:
+        monitor.stop()
+        telemetry.shutdown()
+    _print_summary(monitor, outcomes, out)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise StoreError(_refresh_failure_line(failed))
+    return EXIT_OK
+
+
+def _flush(telemetry: Telemetry, config: MonitorConfig) -> None:
+    if telemetry.provider is None:
+        return
+    telemetry.provider.force_flush()
+    if telemetry.failed_exports():
+        raise _ExportFailed(
+            "could not export metrics to "
+            + " and ".join(telemetry.targets)
+            + "; check that a collector listens there and speaks that "
+            "protocol (OTEL_EXPORTER_OTLP_PROTOCOL)"
+        )
+
+
+def _refresh_failure_line(failed: list[RefreshOutcome]) -> str:
+    parts = []
+    for outcome in failed:
+        assert outcome.failure is not None
+        parts.append(
+            f"store {outcome.store}: refresh failed "
+            f"({outcome.failure.error_type}): {outcome.failure.message}"
+        )
+    return "; ".join(parts)
+
+
+def _print_summary(
+    monitor: BatchMonitor, outcomes: list[RefreshOutcome], out: TextIO
+) -> None:
+    for outcome in outcomes:
+        if outcome.snapshot is not None:
+            print("\n".join(outcome.snapshot.summary_lines()), file=out)
+
+
+def _serve(config: MonitorConfig, telemetry: Telemetry) -> int:
+    monitor = BatchMonitor(config, telemetry.provider)
+    failures = monitor.refresher.check_mapping()
+    problems = [
+        p
+        for e in failures.values()
+        if isinstance(e, ConfigError)
+        for p in e.problems
+    ]
+    if problems:
+        raise ConfigError(problems)
+    stop = threading.Event()
+    _on_signals(stop)
+    monitor.start()
+    _log.info(
+        "monitoring %s; exporting to %s",
+        ", ".join(s.qualified_table for s in config.stores),
+        " and ".join(telemetry.targets) or "nowhere (exporter none)",
+    )
+    try:
+        stop.wait()
+    finally:
+        monitor.stop(config.shutdown_timeout_seconds)
+        _shutdown_within(telemetry, config.shutdown_timeout_seconds)
+    return EXIT_OK
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _shutdown_within(telemetry: Telemetry, seconds: float) -> None:
+    # A collector that never answers must not hold the process past the
+    # shutdown timeout: flush in a daemon thread and stop waiting for it.
+    worker = threading.Thread(target=telemetry.shutdown, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        _log.warning("shutdown timed out after %gs; exiting", seconds)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from otel_batchmon.tables import create_demo_database
+
+    path = Path(args.database)
+    url = create_demo_database(path)
+    config = parse_config(
+        {
+            "database_url": url,
+            "table": "batches",
+            "name": "demo",
+            "refresh_interval": "5s",
+        }
+    )
+    print(f"demo database: {path} (300+ batches over the last 48 hours)")
+    default = "otlp" if _otlp_endpoint_set() else "summary"
+    if args.keep_running:
+        return _serve(config, build_telemetry(default))
+    return _once(config, build_telemetry(default, periodic=False), sys.stdout)
+
+
+def _otlp_endpoint_set() -> bool:
+    import os
+
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+
+
+def _init_db(args: argparse.Namespace) -> int:
+    from otel_batchmon.tables import create_tables
+
+    config = load_config(args.config)
+    for line in create_tables(config):
+        print(line)
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from otel_batchmon.inspection import check_stores
+
+    config = load_config(args.config)
+    return EXIT_OK if check_stores(config, sys.stdout) else EXIT_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

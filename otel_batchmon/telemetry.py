@@ -1,0 +1,296 @@
+"""A MeterProvider built from the standard ``OTEL_*`` environment.
+
+Only the command line uses this; library users and
+``opentelemetry-instrument`` bring their own provider. Exporter settings
+(endpoint, headers, timeout, temporality) are left to the exporters, which
+read the standard variables themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    HistogramDataPoint,
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+
+from otel_batchmon._engine import mask_text
+from otel_batchmon.errors import ConfigError
+
+__all__ = ["ExportProbe", "Telemetry", "build_telemetry", "describe_target"]
+
+_EXPORTERS = ("otlp", "console", "prometheus", "none")
+_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+class ExportProbe(MetricExporter):
+    """Wraps an exporter to remember whether its exports succeeded.
+
+    The SDK's ``force_flush`` returns true even when the export failed, so
+    ``run --once`` asks the probe instead.
+    """
+
+    def __init__(self, inner: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.inner = inner
+        self.exports = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def export(
+        self,
+        metrics_data: MetricsData,
+        timeout_millis: float = 10_000,
+        **kwargs: Any,
+    ) -> MetricExportResult:
+        """Export through the wrapped exporter and count the outcome."""
+        try:
+            result = self.inner.export(metrics_data, timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+        with self._lock:
+            self.exports += 1
+            if result is not MetricExportResult.SUCCESS:
+                self.failures += 1
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Flush the wrapped exporter."""
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Shut the wrapped exporter down."""
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+@dataclass
+class Telemetry:
+    """The provider the command line exports through, and its probes."""
+
+    provider: MeterProvider | None
+    probes: list[ExportProbe] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+
+    def failed_exports(self) -> int:
+        """Failed exports over every probed exporter so far."""
+        return sum(p.failures for p in self.probes)
+
+    def shutdown(self) -> None:
+        """Flush and shut the provider down."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def build_telemetry(
+    default_exporter: str = "otlp",
+    environ: Mapping[str, str] | None = None,
+    stream: TextIO | None = None,
+    periodic: bool = True,
+) -> Telemetry:
+    """Build the provider named by OTEL_METRICS_EXPORTER and friends.
+
+    With ``periodic=False`` nothing exports on its own: the caller flushes
+    (``run --once``), and shutting down sends nothing more.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return Telemetry(None)
+    names = _exporter_names(env, default_exporter)
+    readers: list[MetricReader] = []
+    telemetry = Telemetry(None)
+    for name in names:
+        if name == "none":
+            continue
+        if name == "prometheus":
+            readers.append(_prometheus_reader(env))
+            telemetry.targets.append(_prometheus_target(env))
+            continue
+        probe = ExportProbe(_push_exporter(name, env, stream))
+        telemetry.probes.append(probe)
+        telemetry.targets.append(describe_target(name, env))
+        interval = None if periodic else math.inf
+        readers.append(
+            PeriodicExportingMetricReader(
+                probe, export_interval_millis=interval
+            )
+        )
+    telemetry.provider = MeterProvider(
+        resource=_resource(), metric_readers=readers
+    )
+    return telemetry
+
+
+def _exporter_names(env: Mapping[str, str], default: str) -> list[str]:
+    raw = env.get("OTEL_METRICS_EXPORTER", "").strip() or default
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*_EXPORTERS, "summary")]
+    if unknown:
+        raise ConfigError(
+            [
+                f"OTEL_METRICS_EXPORTER={raw!r}: unknown exporter "
+                f"{', '.join(unknown)}; use one of {', '.join(_EXPORTERS)}"
+            ]
+        )
+    return names
+
+
+def _protocol(env: Mapping[str, str]) -> str:
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(
+            [
+                f"OTLP protocol {protocol!r} is not supported for metrics; "
+                f"set OTEL_EXPORTER_OTLP_PROTOCOL to {' or '.join(_PROTOCOLS)}"
+            ]
+        )
+    return protocol
+
+
+def _push_exporter(
+    name: str, env: Mapping[str, str], stream: TextIO | None
+) -> MetricExporter:
+    if name == "console":
+        return ConsoleMetricExporter(out=stream or sys.stdout)
+    if name == "summary":
+        return SummaryExporter(stream or sys.stdout)
+    if _protocol(env) == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpExporter,
+    )
+
+    return HttpExporter()
+
+
+def describe_target(name: str, env: Mapping[str, str]) -> str:
+    """Say where an exporter sends data, for messages (no credentials)."""
+    if name in ("console", "summary"):
+        return "the console"
+    protocol = _protocol(env)
+    specific = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    generic = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if protocol == "grpc":
+        endpoint = specific or generic or "http://localhost:4317"
+    elif specific:
+        endpoint = specific
+    else:
+        base = (generic or "http://localhost:4318").rstrip("/")
+        endpoint = f"{base}/v1/metrics"
+    return f"OTLP {protocol} endpoint {mask_text(endpoint)}"
+
+
+def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+    except ModuleNotFoundError:
+        raise ConfigError(
+            [
+                "OTEL_METRICS_EXPORTER=prometheus needs the Prometheus "
+                "exporter: pip install 'otel-batchmon[prometheus]'"
+            ]
+        ) from None
+    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost")
+    port_text = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(
+            [f"OTEL_EXPORTER_PROMETHEUS_PORT={port_text!r} is not a port"]
+        ) from None
+    start_http_server(port=port, addr=host)
+    reader: MetricReader = PrometheusMetricReader()
+    return reader
+
+
+def _prometheus_target(env: Mapping[str, str]) -> str:
+    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "localhost")
+    port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+    return f"Prometheus scrape endpoint http://{host}:{port}/metrics"
+
+
+def _resource() -> Resource:
+    # service.name is never forced: OTEL_SERVICE_NAME and
+    # OTEL_RESOURCE_ATTRIBUTES win; only the SDK's placeholder is replaced.
+    resource = Resource.create()
+    name = str(resource.attributes.get("service.name", ""))
+    if name.startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "otel-batchmon"}))
+    return resource
+
+
+class SummaryExporter(MetricExporter):
+    """Prints each point as one line: ``name{attributes} value``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def export(
+        self,
+        metrics_data: MetricsData,
+        timeout_millis: float = 10_000,
+        **kwargs: Any,
+    ) -> MetricExportResult:
+        """Write the points of one collection."""
+        lines = []
+        for resource in metrics_data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    lines.extend(
+                        _point_lines(
+                            metric.name,
+                            metric.unit or "",
+                            metric.data.data_points,
+                        )
+                    )
+        self.stream.write("\n".join(sorted(lines)) + "\n")
+        self.stream.flush()
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Nothing is buffered."""
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release."""
+
+
+def _point_lines(name: str, unit: str, points: Sequence[Any]) -> list[str]:
+    lines = []
+    for point in points:
+        labels = ",".join(
+            f"{k}={v}" for k, v in sorted(point.attributes.items())
+        )
+        shown = f"{name}{{{labels}}}"
+        if isinstance(point, HistogramDataPoint):
+            value = f"count={point.count} sum={point.sum:g}"
+        else:
+            value = f"{point.value:g}"
+        lines.append(f"{shown} {value} {unit}".rstrip())
+    return lines
