@@ -352,14 +352,16 @@ class BatchRun:
 
     def _end_span(self, exc: BaseException | None) -> None:
         span = self.span
-        span.set_attribute("batch.status", self.status)
+        attributes: dict[str, str | int] = {"batch.status": self.status}
         records = self.records()
         if records is not None:
-            span.set_attribute("batch.records.ok", records[0])
-            span.set_attribute("batch.records.failed", records[1])
+            attributes["batch.records.ok"] = records[0]
+            attributes["batch.records.failed"] = records[1]
+        if exc is not None:
+            attributes["error.type"] = _qualified_name(type(exc))
+        span.set_attributes(attributes)
         if exc is not None:
             span.record_exception(exc)
-            span.set_attribute("error.type", _qualified_name(type(exc)))
             span.set_status(
                 Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
             )
