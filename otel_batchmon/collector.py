@@ -21,6 +21,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 from otel_batchmon._attributes import AttributeSetCap, WarnOnce
 from otel_batchmon.instruments import InstrumentKind
+from otel_batchmon.version import __version__
 
 __all__ = ["MetricsCollector"]
 
@@ -117,7 +118,7 @@ class MetricsCollector:
                 f"got {max_attribute_sets}"
             )
         provider = meter_provider or get_meter_provider()
-        self._meter = provider.get_meter(__name__)
+        self._meter = provider.get_meter(__name__, __version__)
         self._namespace = namespace
         self._histogram_unit = histogram_unit
         self._histogram_buckets = _buckets(histogram_buckets)

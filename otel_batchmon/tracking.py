@@ -34,11 +34,14 @@ from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 
 from otel_batchmon._attributes import BatchAttributeCache
 from otel_batchmon.instruments import spec
+from otel_batchmon.version import __version__
 
 __all__ = ["BatchRun", "BatchTracker", "current_batch", "track_batch"]
 
 _logger = logging.getLogger(__name__)
 
+# The monitor records the store-side batch.* events on the same scope,
+# so both share one instrument per metric (told apart by batch.source).
 SCOPE_NAME = "otel_batchmon"
 SOURCE = "worker"
 # (store, kind) pairs kept before new ones fold to _other. Each pair makes
@@ -134,10 +137,10 @@ class BatchTracker:
         traceback: TracebackType | None,
     ) -> None:
         run = _current_run.get()
-        if run is None or run.tracker is not self:
+        if run is None or run._tracker is not self:
             _logger.warning("track_batch exited without a matching entry")
             return
-        run.close(exc)
+        run._close(exc)
 
     async def __aenter__(self) -> BatchRun:
         return self._open()
@@ -182,7 +185,7 @@ class BatchTracker:
 
     def _open(self) -> BatchRun:
         run = BatchRun(self, self._kind, self._store, self._batch_id)
-        run.open(
+        run._open(
             self._queued_at,
             self._meter_provider or get_meter_provider(),
             self._tracer_provider or trace.get_tracer_provider(),
@@ -200,7 +203,7 @@ class BatchRun:
         store: str | None,
         batch_id: str | int | None,
     ) -> None:
-        self.tracker = tracker
+        self._tracker = tracker
         self.kind = kind
         self.store = store
         self.batch_id = batch_id
@@ -252,7 +255,7 @@ class BatchRun:
         self._marked_failed = True
         self._failure_reason = reason
 
-    def open(
+    def _open(
         self,
         queued_at: datetime | None,
         meter_provider: MeterProvider,
@@ -274,7 +277,7 @@ class BatchRun:
         except Exception:
             _logger.exception("batch %s: could not start telemetry", self)
 
-    def close(self, exc: BaseException | None) -> None:
+    def _close(self, exc: BaseException | None) -> None:
         """Stop the clock, record metrics, end the span, restore context."""
         duration = _now_monotonic() - self._started
         failed = exc is not None or self._marked_failed
@@ -374,8 +377,15 @@ class BatchRun:
             otel_context.detach(cast(Token[Any], self._context_token))
             self._context_token = None
         if self._run_token is not None:
-            _current_run.reset(self._run_token)
-            self._run_token = None
+            token, self._run_token = self._run_token, None
+            try:
+                _current_run.reset(token)
+            except ValueError:  # exited in another context than entered
+                _logger.warning(
+                    "batch %s: exited in another context than it was "
+                    "entered; current_batch() left unchanged",
+                    self._label(),
+                )
 
     def _label(self) -> str:
         return f"{self.kind or '-'}/{self.batch_id or '-'}"
@@ -435,7 +445,7 @@ def _instruments_for(provider: MeterProvider) -> _WorkerInstruments:
         with _providers_lock:
             instruments = _instruments_by_provider.get(provider)
             if instruments is None:
-                meter = provider.get_meter(SCOPE_NAME)
+                meter = provider.get_meter(SCOPE_NAME, __version__)
                 instruments = _WorkerInstruments(meter)
                 _instruments_by_provider[provider] = instruments
     return instruments
@@ -444,7 +454,7 @@ def _instruments_for(provider: MeterProvider) -> _WorkerInstruments:
 def _tracer_for(provider: TracerProvider) -> trace.Tracer:
     tracer = _tracers_by_provider.get(provider)
     if tracer is None:
-        tracer = provider.get_tracer(SCOPE_NAME)
+        tracer = provider.get_tracer(SCOPE_NAME, __version__)
         _tracers_by_provider[provider] = tracer
     return tracer
 

@@ -373,3 +373,19 @@ def test_a_failing_sdk_call_never_reaches_the_caller(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "the SDK failed to record" in errors[0].getMessage()
+
+
+def test_non_string_label_keys_become_strings(
+    collector: MetricsCollector,
+    reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector.increment_counter("rows", labels={7: "x"})  # type: ignore[dict-item]
+
+    assert points(reader)["rows"] == {key(**{"7": "x"}): 1}
+    assert "label key not a string" in caplog.text
+
+
+def test_cap_below_one_is_rejected(meter_provider: MeterProvider) -> None:
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        MetricsCollector(meter_provider, max_attribute_sets=0)

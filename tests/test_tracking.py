@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.metrics import MeterProvider as APIMeterProvider
+from opentelemetry.metrics import NoOpCounter, NoOpMeter, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
@@ -25,6 +27,7 @@ from opentelemetry.trace import StatusCode, get_current_span
 from otel_batchmon import tracking
 from otel_batchmon.instruments import spec
 from otel_batchmon.tracking import current_batch, track_batch
+from otel_batchmon.version import __version__
 
 Key = frozenset[tuple[str, Any]]
 START = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -443,3 +446,111 @@ def test_generator_functions_are_rejected_at_decoration() -> None:
 
     with pytest.raises(TypeError, match=r"cannot decorate generator .*\.rows"):
         track_batch("import")(rows)
+
+
+def test_exit_in_another_context_warns_instead_of_raising(
+    reader: InMemoryMetricReader,
+    providers: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tracker = track_batch("import", **providers)
+    entered = contextvars.copy_context()
+    entered.run(tracker.__enter__)
+
+    entered.copy().run(tracker.__exit__, None, None, None)
+
+    assert "exited in another context" in caplog.text
+    done = key(**WORKER_IMPORT, batch_status="completed")
+    assert points(reader)["batch.finished"] == {done: 1}
+
+
+def test_worker_and_monitor_share_one_instrument_per_metric(
+    reader: InMemoryMetricReader,
+    meter_provider: MeterProvider,
+    providers: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entry = spec("batch.finished")
+    monitor_meter = meter_provider.get_meter("otel_batchmon", __version__)
+    store_side = monitor_meter.create_counter(
+        entry.name, entry.unit, entry.description
+    )
+    store_side.add(4, {"batch.source": "store", "batch.status": "failed"})
+
+    with track_batch(**providers):
+        pass
+
+    data = reader.get_metrics_data()
+    assert data is not None
+    (scope,) = data.resource_metrics[0].scope_metrics
+    assert scope.scope.name == "otel_batchmon"
+    assert points(reader)["batch.finished"] == {
+        key(batch_source="store", batch_status="failed"): 4,
+        key(batch_source="worker", batch_status="completed"): 1,
+    }
+    assert caplog.records == []
+
+
+def test_queued_at_that_is_not_a_datetime_is_dropped_with_a_warning(
+    reader: InMemoryMetricReader,
+    providers: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with track_batch(queued_at="yesterday", **providers):  # type: ignore[arg-type]
+        pass
+
+    assert "batch.queue.duration" not in points(reader)
+    assert "queued_at='yesterday' is not a datetime" in caplog.text
+
+
+def test_invalid_total_drops_the_whole_set_records_call(
+    reader: InMemoryMetricReader,
+    providers: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with track_batch(**providers) as run:
+        run.set_records(total=-1, failed=0)
+
+    assert "dropped record count total=-1" in caplog.text
+    assert "batch.records" not in points(reader)
+
+
+def test_exit_without_entry_warns_and_records_nothing(
+    reader: InMemoryMetricReader,
+    providers: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    track_batch(**providers).__exit__(None, None, None)
+
+    assert "exited without a matching entry" in caplog.text
+    assert points(reader) == {}
+
+
+def test_instrument_failing_at_exit_never_reaches_the_caller(
+    spans: InMemorySpanExporter,
+    tracer_provider: TracerProvider,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class ExplodingCounter(NoOpCounter):
+        def add(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("exporter queue full")
+
+    class ExplodingMeter(NoOpMeter):
+        def create_counter(self, name: str, *args: Any, **kw: Any) -> Any:
+            return ExplodingCounter(name)
+
+    class ExplodingMeterProvider(NoOpMeterProvider):
+        def get_meter(self, name: str, *args: Any, **kw: Any) -> Any:
+            return ExplodingMeter(name)
+
+    with track_batch(
+        "import",
+        meter_provider=ExplodingMeterProvider(),
+        tracer_provider=tracer_provider,
+    ) as run:
+        pass
+
+    assert run.status == "completed"
+    assert "could not record telemetry" in caplog.text
+    assert only_span(spans).attributes is not None
+    assert current_batch() is None
