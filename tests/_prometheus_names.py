@@ -16,8 +16,9 @@ name from `otel_batchmon.instruments.CATALOGUE` instead of a hand list:
 - gauges with unit ``1`` move any ``ratio`` token to the end, so a name
   that already ends in ``ratio`` gets no second one.
 
-Also holds the small "find a command-line tool" helper the backend tests
-share: in CI (``CI=true``) a missing tool is a failure, elsewhere a skip.
+Also holds a best-effort PromQL metric-name extractor and the small
+"find a command-line tool" helper the backend tests share: in CI
+(``CI=true``) a missing tool is a failure, elsewhere a skip.
 """
 
 from __future__ import annotations
@@ -50,6 +51,46 @@ _UNIT_WORDS = {
 _PER_UNIT_WORDS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 _SEPARATOR = re.compile(r"[^a-zA-Z0-9:]+")
 _HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+_PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Return the metric names a PromQL expression selects (best effort).
+
+    Strips strings, label matchers, ranges and grouping clauses, then
+    keeps identifiers that are not function calls or keywords. Enough for
+    the plain expressions these files use; not a PromQL parser.
+    """
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(
+        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)",
+        " ",
+        text,
+    )
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        rest = text[match.end() :].lstrip()
+        word = match.group(0)
+        if rest.startswith("(") or word.lower() in _PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
 
 
 def metric_name(name: str, unit: str, kind: InstrumentKind) -> str:

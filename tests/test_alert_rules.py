@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ from _prometheus_names import (
     exported_label_names,
     exported_metric_names,
     metric_name,
+    promql_metric_names,
     require_tool,
 )
 
@@ -30,49 +32,8 @@ RULE_TESTS = sorted((CONFIG_DIR / "prometheus" / "tests").glob("*.yml"))
 ALERTMANAGER = CONFIG_DIR / "alertmanager" / "alertmanager.yml"
 TIMEOUT_SECONDS = 30
 
-_PROMQL_WORDS = {
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "inf",
-    "nan",
-}
 
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Return the metric names a PromQL expression selects (best effort).
-
-    Strips strings, label matchers, ranges and grouping clauses, then
-    keeps identifiers that are not function calls or keywords. Enough for
-    the plain expressions these files use; not a PromQL parser.
-    """
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    text = re.sub(r"\[[^\]]*\]", " ", text)
-    text = re.sub(
-        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)",
-        " ",
-        text,
-    )
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        rest = text[match.end() :].lstrip()
-        word = match.group(0)
-        if rest.startswith("(") or word.lower() in _PROMQL_WORDS:
-            continue
-        names.add(word)
-    return names
-
-
-def _rules() -> list[dict[str, object]]:
+def _rules() -> list[dict[str, Any]]:
     document = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     return [rule for group in document["groups"] for rule in group["rules"]]
 

@@ -236,7 +236,7 @@ BARE_ENV = re.compile(r"(?<!\$)\$(?![{$])[A-Za-z_]")
 
 
 def _load(path: Path) -> dict[str, Any]:
-    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(document, dict), f"{path.name} is not a mapping"
     return document
 
@@ -258,7 +258,8 @@ def _reference() -> dict[str, Any]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    return json.loads(REFERENCE.read_text(encoding="utf-8"))
+    facts: dict[str, Any] = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    return facts
 
 
 def _component_type(component_id: str) -> str:
@@ -266,7 +267,10 @@ def _component_type(component_id: str) -> str:
 
 
 def _pipelines(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return document.get("service", {}).get("pipelines", {})
+    pipelines: dict[str, dict[str, Any]] = document.get("service", {}).get(
+        "pipelines", {}
+    )
+    return pipelines
 
 
 def _used_components(document: dict[str, Any]) -> set[tuple[str, str]]:
@@ -385,8 +389,9 @@ def test_deprecated_component_names_mention_their_new_name(
     for kind, name in _used_components(document):
         component_type = _component_type(name)
         entry = _reference_entry(reference, kind, component_type)
-        renamed = entry and component_type in entry["deprecated_aliases"]
-        if renamed and entry["name"] not in text:
+        if entry is None or component_type not in entry["deprecated_aliases"]:
+            continue
+        if entry["name"] not in text:
             missing.append(f"{component_type} -> {entry['name']}")
 
     assert missing == []
@@ -518,6 +523,7 @@ def test_readme_table_lists_every_config_file() -> None:
 def _reference_entry(
     reference: dict[str, Any], kind: str, component_type: str
 ) -> dict[str, Any] | None:
+    entry: dict[str, Any]
     for entry in reference["components"].get(kind, []):
         if component_type in (entry["name"], *entry["deprecated_aliases"]):
             return entry
