@@ -51,6 +51,10 @@ _UNIT_WORDS = {
 _PER_UNIT_WORDS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 _SEPARATOR = re.compile(r"[^a-zA-Z0-9:]+")
 _HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+_DEBIAN_PACKAGES = {
+    "promtool": "prometheus",
+    "amtool": "prometheus-alertmanager",
+}
 _PROMQL_WORDS = {
     "by",
     "without",
@@ -149,7 +153,8 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    message = f"{name} is not on PATH (Debian: apt-get install prometheus)"
+    package = _DEBIAN_PACKAGES.get(name, name)
+    message = f"{name} is not on PATH (Debian: apt-get install {package})"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
