@@ -260,16 +260,23 @@ class MetricsCollector:
 
     def _admit_labels(self, metric: _Metric, labels: Any) -> Attributes:
         if not isinstance(labels, Mapping):
-            self._warn(metric, "labels not a mapping", labels)
+            self._warn(metric, "labels not a mapping", labels, "value dropped")
             return None
         clean: dict[str, AttributeValue] = {}
         all_strings = True
         for key, value in labels.items():
             if not isinstance(key, str):
-                self._warn(metric, "label key not a string", key)
+                self._warn(
+                    metric, "label key not a string", key, "converted to str"
+                )
                 key, all_strings = str(key), False
             if not isinstance(value, str):
-                self._warn(metric, "label value not a string", value)
+                self._warn(
+                    metric,
+                    "label value not a string",
+                    value,
+                    "converted to str",
+                )
                 value, all_strings = str(value), False
             clean[key] = value
         attributes, admitted = metric.cap.admit(clean)
@@ -283,14 +290,17 @@ class MetricsCollector:
             metric.cache[tuple(labels.items())] = attributes
         return attributes
 
-    def _warn(self, metric: _Metric, problem: str, value: object) -> None:
+    def _warn(
+        self, metric: _Metric, problem: str, value: object, action: str
+    ) -> None:
         if self._warn_once.first(metric.name, problem):
             _logger.warning(
-                "metric %s: %s (%r); converted to str or dropped, and "
-                "further cases are handled silently",
+                "metric %s: %s (%r), %s; further cases are handled "
+                "the same way silently",
                 metric.name,
                 problem,
                 value,
+                action,
             )
 
 
