@@ -5,6 +5,7 @@
 >>> monitor.start()
 """
 
+from otel_batchmon.collector import MetricsCollector
 from otel_batchmon.config import (
     ColumnMap,
     MonitorConfig,
@@ -20,19 +21,30 @@ from otel_batchmon.errors import (
 )
 from otel_batchmon.monitor import BatchMonitor
 from otel_batchmon.snapshot import StoreSnapshot
+from otel_batchmon.tracking import (
+    BatchRun,
+    BatchTracker,
+    current_batch,
+    track_batch,
+)
 from otel_batchmon.version import __version__
 
 __all__ = [
     "BatchMonitor",
+    "BatchRun",
+    "BatchTracker",
     "BatchmonError",
     "ColumnMap",
     "ConfigError",
     "ExportError",
+    "MetricsCollector",
     "MonitorConfig",
     "StoreConfig",
     "StoreError",
     "StoreSnapshot",
     "__version__",
+    "current_batch",
     "load_config",
     "parse_config",
+    "track_batch",
 ]

@@ -20,8 +20,10 @@ from sqlalchemy import (
     extract,
     func,
     literal,
+    select,
     text,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import DateTime, Interval
 
@@ -75,6 +77,10 @@ class TimeSql:
     def parameter(self, seconds: float) -> float | int:
         """The bound value that stands for a shift of ``seconds``."""
         return seconds
+
+    def zone_problem(self, connection: Connection) -> str | None:
+        """Say why the store's zone cannot be used here, if it cannot."""
+        return None
 
 
 class _PostgresTime(TimeSql):
@@ -130,6 +136,18 @@ class _MysqlTime(TimeSql):
     def parameter(self, seconds: float) -> int:
         return round(seconds * 1_000_000)
 
+    def zone_problem(self, connection: Connection) -> str | None:
+        if self.zone == "UTC" or _FIXED_OFFSET.fullmatch(self.zone):
+            return None
+        probe = select(func.convert_tz("2000-01-01", self.zone, "+00:00"))
+        if connection.execute(probe).scalar() is not None:
+            return None
+        return (
+            f"time zone {self.zone!r} is unknown to this server; load its "
+            "time zone tables (mariadb-tzinfo-to-sql) or use a fixed "
+            "offset like +02:00"
+        )
+
     @staticmethod
     def _seconds(value: ColumnElement[Any]) -> ColumnElement[float]:
         micros = func.timestampdiff(
@@ -177,6 +195,14 @@ class _SqliteTime(TimeSql):
 
     def parameter(self, seconds: float) -> float:
         return seconds / 86400.0
+
+    def zone_problem(self, connection: Connection) -> str | None:
+        if self.zone == "UTC" or _FIXED_OFFSET.fullmatch(self.zone):
+            return None
+        return (
+            f"time zone {self.zone!r}: SQLite has no time zone database; "
+            "store UTC or use a fixed offset like +02:00"
+        )
 
 
 _BY_DIALECT: dict[str, type[TimeSql]] = {

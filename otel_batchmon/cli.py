@@ -189,6 +189,8 @@ def _print_summary(
 def _serve(config: MonitorConfig, telemetry: Telemetry) -> int:
     monitor = BatchMonitor(config, telemetry.provider)
     failures = monitor.refresher.check_mapping()
+    # A wrong mapping will not fix itself; an unreachable database might,
+    # so the monitor starts and retries (reporting refresh errors).
     problems = [
         p
         for e in failures.values()
@@ -196,7 +198,7 @@ def _serve(config: MonitorConfig, telemetry: Telemetry) -> int:
         for p in e.problems
     ]
     if problems:
-        raise ConfigError(problems)
+        raise StoreError("; ".join(problems))
     stop = threading.Event()
     _on_signals(stop)
     monitor.start()

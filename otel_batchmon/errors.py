@@ -25,10 +25,13 @@ class ConfigError(BatchmonError):
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems = tuple(problems)
-        count = len(self.problems)
-        noun = "problem" if count == 1 else "problems"
+        if len(self.problems) == 1:
+            super().__init__(f"configuration problem: {self.problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"configuration has {count} {noun}:\n{lines}")
+        super().__init__(
+            f"configuration has {len(self.problems)} problems:\n{lines}"
+        )
 
 
 class StoreError(BatchmonError):

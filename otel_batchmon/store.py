@@ -96,6 +96,10 @@ class BatchStore:
         if self.bound.status_is_integer:
             self.statuses = self.statuses.as_integers(self.config.name)
         self._time = time_sql_for(self.bound.dialect, self.config.timezone)
+        problem = self._time.zone_problem(connection)
+        if problem:
+            self.bound = None
+            raise ConfigError([f"stores.{self.name}.timezone: {problem}"])
         self._statement = self._refresh_statement()
         return self.bound
 
