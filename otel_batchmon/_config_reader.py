@@ -1,0 +1,275 @@
+"""Validation of the settings mapping into the config dataclasses.
+
+Every problem is collected with its location; nothing stops at the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from otel_batchmon._config_values import (
+    STORE_NAME,
+    database_url,
+    identifier,
+    positive_duration,
+    signed_duration,
+    store_name,
+    stuck_statuses,
+    table_name,
+    timezone,
+)
+from otel_batchmon._parse import split_list
+from otel_batchmon.config import (
+    CANONICAL_STATUSES,
+    COLUMN_ROLES,
+    DEFAULT_COLUMNS,
+    MONITOR_KEYS,
+    OPTIONAL_ROLES,
+    STORE_KEYS,
+    ColumnMap,
+    MonitorConfig,
+    StoreConfig,
+)
+
+__all__ = ["Reader"]
+
+_T = TypeVar("_T")
+
+
+class Reader:
+    """Walks the settings mapping, collecting every problem it sees."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+
+    def fail(self, where: str, value: object, message: str) -> None:
+        origin = getattr(value, "variable", None)
+        place = f"{where} (from {origin})" if origin else where
+        self.problems.append(f"{place}: {message}")
+
+    def unknown_keys(
+        self, data: Mapping[str, Any], known: tuple[str, ...], where: str
+    ) -> None:
+        for key in data:
+            if key in known:
+                continue
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            prefix = f"{where}." if where else ""
+            self.fail(
+                f"{prefix}{key}",
+                data[key],
+                f"unknown setting{hint} (known: {', '.join(known)})",
+            )
+
+    def take(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        where: str,
+        parse: Callable[[Any], _T],
+        default: _T,
+    ) -> _T:
+        if key not in data:
+            return default
+        value = data[key]
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as exc:
+            self.fail(f"{where}{key}", value, str(exc))
+            return default
+
+    def monitor(self, data: Mapping[str, Any]) -> MonitorConfig | None:
+        top_store = {k: v for k, v in data.items() if k in STORE_KEYS}
+        self.unknown_keys(data, MONITOR_KEYS + STORE_KEYS, "")
+        interval = self.take(
+            data, "refresh_interval", "", positive_duration, 30.0
+        )
+        config = MonitorConfig(
+            stores=self.stores(data.get("stores"), top_store),
+            refresh_interval_seconds=interval,
+            stale_after_seconds=self.take(
+                data, "stale_after", "", positive_duration, 3 * interval
+            ),
+            statement_timeout_seconds=self.take(
+                data,
+                "statement_timeout",
+                "",
+                positive_duration,
+                min(10.0, 0.8 * interval),
+            ),
+            connect_timeout_seconds=self.take(
+                data, "connect_timeout", "", positive_duration, 10.0
+            ),
+            clock_offset_seconds=self.take(
+                data, "clock_offset", "", signed_duration, 0.0
+            ),
+            shutdown_timeout_seconds=self.take(
+                data, "shutdown_timeout", "", positive_duration, 10.0
+            ),
+        )
+        self.check_schedule(config, data)
+        return config
+
+    def check_schedule(
+        self, config: MonitorConfig, data: Mapping[str, Any]
+    ) -> None:
+        interval = config.refresh_interval_seconds
+        if config.statement_timeout_seconds >= interval:
+            self.fail(
+                "statement_timeout",
+                data.get("statement_timeout"),
+                f"{config.statement_timeout_seconds:g}s must be shorter "
+                f"than refresh_interval ({interval:g}s), so a slow query "
+                "is cancelled before the next refresh is due",
+            )
+        if config.stale_after_seconds < interval:
+            self.fail(
+                "stale_after",
+                data.get("stale_after"),
+                f"{config.stale_after_seconds:g}s is shorter than "
+                f"refresh_interval ({interval:g}s); every snapshot would "
+                "be stale before the next refresh",
+            )
+
+    def stores(
+        self, stores: object, top_store: dict[str, Any]
+    ) -> tuple[StoreConfig, ...]:
+        if stores is not None and top_store:
+            self.fail(
+                "stores",
+                stores,
+                "store settings at the top level "
+                f"({', '.join(sorted(top_store))}) and a [stores] table "
+                "cannot be mixed; move them into one [stores.NAME] table",
+            )
+            return ()
+        if stores is None:
+            if not top_store:
+                self.problems.append(
+                    "no store configured: set database_url and table (or "
+                    "OTEL_BATCHMON_DATABASE_URL and OTEL_BATCHMON_TABLE), "
+                    "or add a [stores.NAME] table"
+                )
+                return ()
+            return self.optional_store(None, top_store, "")
+        if not isinstance(stores, dict) or not stores:
+            self.fail(
+                "stores", stores, "must be a table of [stores.NAME] tables"
+            )
+            return ()
+        result: list[StoreConfig] = []
+        for name, body in stores.items():
+            where = f"stores.{name}."
+            if not isinstance(body, dict):
+                self.fail(where[:-1], body, "must be a table of settings")
+                continue
+            if "name" in body:
+                self.fail(f"{where}name", body["name"], "the key is the name")
+            result.extend(self.optional_store(name, body, where))
+        return tuple(result)
+
+    def optional_store(
+        self, name: str | None, data: Mapping[str, Any], where: str
+    ) -> tuple[StoreConfig, ...]:
+        store = _StoreReader(self, where).read(name, data)
+        return (store,) if store else ()
+
+
+class _StoreReader:
+    """Reads one store's settings on behalf of a Reader."""
+
+    def __init__(self, reader: Reader, where: str) -> None:
+        self.reader = reader
+        self.where = where
+
+    def read(
+        self, name: str | None, data: Mapping[str, Any]
+    ) -> StoreConfig | None:
+        r, w = self.reader, self.where
+        known = STORE_KEYS if name is None else STORE_KEYS[1:]
+        if name is not None:
+            r.unknown_keys(data, known, w[:-1])
+        before = len(r.problems)
+        url = r.take(data, "database_url", w, database_url, "")
+        if "database_url" not in data:
+            r.problems.append(f"{w}database_url: missing; set it")
+        no_table: tuple[str | None, str] = (None, "")
+        schema, table = r.take(data, "table", w, table_name, no_table)
+        if "table" not in data:
+            r.problems.append(f"{w}table: missing; name the batch table")
+        chosen = name or r.take(data, "name", w, store_name, table)
+        if name is not None and not STORE_NAME.fullmatch(name):
+            r.fail(w[:-1], name, "store names use 1-64 letters, digits, _.-")
+        store = StoreConfig(
+            name=chosen or "default",
+            database_url=url,
+            table=table,
+            schema=schema,
+            columns=self.columns(data.get("columns", {})),
+            statuses=self.statuses(data.get("statuses", {})),
+            stuck_statuses=r.take(
+                data, "stuck_statuses", w, stuck_statuses, ("processing",)
+            ),
+            window_seconds=r.take(
+                data, "window", w, positive_duration, 24 * 3600.0
+            ),
+            stuck_after_seconds=r.take(
+                data, "stuck_after", w, positive_duration, 4 * 3600.0
+            ),
+            timezone=r.take(data, "timezone", w, timezone, "UTC"),
+        )
+        return store if len(r.problems) == before else None
+
+    def columns(self, data: object) -> ColumnMap:
+        where = f"{self.where}columns"
+        if not isinstance(data, dict):
+            self.reader.fail(where, data, "must be a table of role = column")
+            data = {}
+        self.reader.unknown_keys(data, COLUMN_ROLES, where)
+        chosen: dict[str, str | None] = {}
+        for role in COLUMN_ROLES:
+            value = data.get(role, DEFAULT_COLUMNS[role])
+            if value in ("", False) and role in OPTIONAL_ROLES:
+                chosen[role] = None
+                continue
+            try:
+                chosen[role] = identifier(value)
+            except (ValueError, TypeError) as exc:
+                self.reader.fail(f"{where}.{role}", value, str(exc))
+                chosen[role] = DEFAULT_COLUMNS[role]
+        explicit = frozenset(r for r in data if chosen.get(r))
+        return ColumnMap(**chosen, explicit=explicit)  # type: ignore[arg-type]
+
+    def statuses(self, data: object) -> dict[str, tuple[str | int, ...]]:
+        where = f"{self.where}statuses"
+        if not isinstance(data, dict):
+            self.reader.fail(where, data, "must be a table of status = [..]")
+            data = {}
+        self.reader.unknown_keys(data, CANONICAL_STATUSES, where)
+        mapping: dict[str, tuple[str | int, ...]] = {}
+        owner: dict[str | int, str] = {}
+        for canonical in CANONICAL_STATUSES:
+            raw = split_list(data.get(canonical, [canonical]))
+            values: list[str | int] = []
+            for value in raw:
+                if isinstance(value, bool) or not isinstance(value, str | int):
+                    self.reader.fail(
+                        f"{where}.{canonical}",
+                        value,
+                        f"{value!r} is not a string or integer status value",
+                    )
+                    continue
+                if value in owner and owner[value] != canonical:
+                    self.reader.fail(
+                        f"{where}.{canonical}",
+                        value,
+                        f"{value!r} is already mapped to {owner[value]!r}; "
+                        "a table value can mean only one status",
+                    )
+                owner[value] = canonical
+                values.append(value)
+            mapping[canonical] = tuple(values)
+        return mapping

@@ -1,0 +1,110 @@
+"""Parsers for single setting values; each raises ValueError saying what
+is accepted."""
+
+from __future__ import annotations
+
+import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from otel_batchmon._parse import parse_duration, split_list
+
+__all__ = [
+    "IDENTIFIER",
+    "STORE_NAME",
+    "database_url",
+    "identifier",
+    "positive_duration",
+    "signed_duration",
+    "store_name",
+    "stuck_statuses",
+    "table_name",
+    "timezone",
+]
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+STORE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    return seconds
+
+
+def signed_duration(value: object) -> float:
+    return parse_duration(value, signed=True)
+
+
+def database_url(value: object) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a database URL like sqlite:///batches.db")
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            "is not a database URL; write it like "
+            "postgresql+psycopg://user@host/db, "
+            "mysql+pymysql://user@host/db or sqlite:///path.db"
+        ) from None
+    return value
+
+
+def identifier(value: object) -> str:
+    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a plain SQL identifier (letters, digits, _ "
+            "and $, not starting with a digit, at most 63 characters); "
+            "write the bare name without quotes, otel_batchmon quotes it"
+        )
+    return value
+
+
+def table_name(value: object) -> tuple[str | None, str]:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a table name")
+    parts = value.split(".")
+    if len(parts) > 2:
+        raise ValueError(
+            f"{value!r} has more than one dot; write table or schema.table"
+        )
+    names = [identifier(part) for part in parts]
+    return (names[0], names[1]) if len(names) == 2 else (None, names[0])
+
+
+def store_name(value: object) -> str:
+    if not isinstance(value, str) or not STORE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a store name (1-64 letters, digits, _ . -)"
+        )
+    return value
+
+
+def stuck_statuses(value: object) -> tuple[str, ...]:
+    items = split_list(value)
+    allowed = ("pending", "processing")
+    bad = [item for item in items if item not in allowed]
+    if bad or not items:
+        raise ValueError(
+            f"{bad or items!r}: stuck_statuses lists canonical statuses "
+            f"that mean still running, from {allowed}"
+        )
+    return tuple(str(item) for item in items)
+
+
+def timezone(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a zone name like UTC or Europe/Berlin")
+    if re.fullmatch(r"[+-]\d{2}:\d{2}", value):
+        return value
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a known time zone; use an IANA name like "
+            "Europe/Berlin or a fixed offset like +02:00"
+        ) from None
+    return value
