@@ -14,6 +14,7 @@ __all__ = [
     "BATCH_DURATION_BUCKETS",
     "CATALOGUE",
     "REFRESH_DURATION_BUCKETS",
+    "markdown_table",
     "InstrumentKind",
     "InstrumentSpec",
     "spec",
@@ -193,3 +194,19 @@ def spec(name: str) -> InstrumentSpec:
         if entry.name == name:
             return entry
     raise KeyError(f"{name!r} is not in the otel_batchmon catalogue")
+
+
+def markdown_table() -> str:
+    """The README's metric table, rendered from the catalogue."""
+    rows = [
+        "| name | kind | unit | attributes | replaces | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in CATALOGUE:
+        attributes = ", ".join(f"`{a}`" for a in entry.attributes)
+        replaces = ", ".join(f"`{r}`" for r in entry.replaces)
+        rows.append(
+            f"| `{entry.name}` | {entry.kind} | `{entry.unit}` | "
+            f"{attributes} | {replaces} | {entry.description} |"
+        )
+    return "\n".join(rows)
