@@ -248,7 +248,7 @@ def classify(exc: BaseException) -> DatabaseFailure:
     if args and isinstance(args[0], int) and args[0] in _MYSQL_CODES:
         return DatabaseFailure(_MYSQL_CODES[args[0]], text)
     lowered = text.lower()
-    if "interrupted" in lowered:
+    if "interrupted" in lowered or "database is locked" in lowered:
         return DatabaseFailure("timeout", text)
     if "no such table" in lowered or "no such column" in lowered:
         return DatabaseFailure("schema", text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -62,16 +63,18 @@ class BatchMonitor:
     >>> monitor.stop()
 
     Without ``meter_provider`` the global provider is used, so a distro or
-    ``opentelemetry-instrument`` decides where the metrics go.
+    ``opentelemetry-instrument`` decides where the metrics go. ``clock``
+    (monotonic seconds) measures snapshot age; tests pass a fake one.
     """
 
     def __init__(
         self,
         config: MonitorConfig,
         meter_provider: MeterProvider | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.refresher = Refresher(config, on_outcome=self._record)
+        self.refresher = Refresher(config, self._record, clock)
         self._meter = get_meter(
             "otel_batchmon", __version__, meter_provider=meter_provider
         )

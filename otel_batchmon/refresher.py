@@ -71,9 +71,11 @@ class Refresher:
         self,
         config: MonitorConfig,
         on_outcome: Callable[[RefreshOutcome], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self._on_outcome = on_outcome
+        self._clock = clock
         self._states = {
             s.name: _StoreState(
                 BatchStore(s, config.clock_offset_seconds),
@@ -85,7 +87,7 @@ class Refresher:
             )
             for s in config.stores
         }
-        self.started_at = time.monotonic()
+        self.started_at = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -131,7 +133,7 @@ class Refresher:
 
     def latest(self) -> Mapping[str, tuple[StoreSnapshot | None, float]]:
         """Each store's last good snapshot and its age in seconds."""
-        now = time.monotonic()
+        now = self._clock()
         return {
             name: (state.snapshot, now - (state.good_at or self.started_at))
             for name, state in self._states.items()
@@ -190,7 +192,7 @@ class Refresher:
                     state.failures,
                 )
             state.snapshot = outcome.snapshot
-            state.good_at = time.monotonic()
+            state.good_at = self._clock()
             state.failures = 0
             state.last_failure = None
             state.due = time.monotonic() + interval
