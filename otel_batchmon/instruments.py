@@ -14,9 +14,9 @@ __all__ = [
     "BATCH_DURATION_BUCKETS",
     "CATALOGUE",
     "REFRESH_DURATION_BUCKETS",
-    "markdown_table",
     "InstrumentKind",
     "InstrumentSpec",
+    "markdown_table",
     "spec",
 ]
 
