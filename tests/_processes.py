@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -30,7 +30,7 @@ _POLL_SECONDS = 0.1
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def missing_tool(message: str) -> None:
+def missing_tool(message: str) -> NoReturn:
     """Fail in CI, skip elsewhere: a green CI run used every tool."""
     if IN_CI:
         pytest.fail(message)
