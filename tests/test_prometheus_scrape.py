@@ -38,6 +38,12 @@ from tests._prometheus_names import (
 JOB = "batchmon-pull"
 SERVICE = "batchmon-scrape-test"
 SHUTDOWN_SECONDS = 5.0
+RULES = (
+    Path(__file__).resolve().parents[1]
+    / "collector-config"
+    / "prometheus"
+    / "batchmon-rules.yml"
+)
 Series = dict[frozenset[tuple[str, str]], float]
 
 # Metrics every refresh reports, whatever the rows: the snapshot gauges,
@@ -128,6 +134,7 @@ def test_prometheus_scrapes_the_daemon_and_stores_the_tables_values(
             _wait_for_first_scrape(base, monitor)
             _assert_values(base, metrics_port)
             _assert_names_match_the_collector_path(base)
+            _assert_shipped_rules_fire_on_the_pulled_series(base, monitor)
         code, seconds = monitor.terminate(SHUTDOWN_SECONDS + 5)
         log = monitor.log()
     assert code == 0, log
@@ -156,6 +163,8 @@ def _prometheus(binary: str, target_port: int, workdir: Path) -> Iterator[str]:
         "global:\n"
         "  scrape_interval: 1s\n"
         "  scrape_timeout: 1s\n"
+        "  evaluation_interval: 1s\n"
+        f"rule_files: ['{RULES}']\n"
         "scrape_configs:\n"
         f"  - job_name: {JOB}\n"
         "    static_configs:\n"
@@ -270,3 +279,38 @@ def _assert_names_match_the_collector_path(base: str) -> None:
     # Unit "1" adds no _ratio here; the name already ends in ratio, which
     # is also all the Collector's translator leaves, so both agree.
     assert "batch_window_failure_ratio" in names
+
+
+def _assert_shipped_rules_fire_on_the_pulled_series(
+    base: str, monitor: Child
+) -> None:
+    # One stuck batch, a failure ratio of 0.25 (> 0.2) and a store whose
+    # every refresh fails: exactly these three alerts, pending (their
+    # `for` is minutes), labelled with the store they are about. On a
+    # fresh Prometheus BatchmonAbsent (no `for`) is active until the
+    # first scrape lands, so the wait is for the exact set.
+    wanted = {
+        ("BatchmonBatchesStuck", "imports"),
+        ("BatchmonFailureRatioHigh", "imports"),
+        ("BatchmonRefreshFailing", "broken"),
+    }
+
+    def settled() -> list[dict[str, Any]] | None:
+        reply = get_json(f"{base}/api/v1/alerts", {})
+        alerts: list[dict[str, Any]] = reply["data"]["alerts"]
+        return alerts if _alert_keys(alerts) == wanted else None
+
+    alerts = poll(settled, "the shipped rules to fire", 30, monitor.exited)
+    assert {a["state"] for a in alerts} == {"pending"}
+    assert {a["labels"]["job"] for a in alerts} == {JOB}
+    failing = next(
+        a for a in alerts if a["labels"]["alertname"].endswith("Failing")
+    )
+    assert failing["labels"]["error_type"] == "connection"
+
+
+def _alert_keys(alerts: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {
+        (a["labels"]["alertname"], a["labels"].get("batch_store", ""))
+        for a in alerts
+    }
