@@ -11,13 +11,18 @@ from typing import Any, TypeVar
 
 from otel_batchmon._config_values import (
     STORE_NAME,
+    backfill,
+    boolean,
     database_url,
     identifier,
+    non_negative_duration,
+    page_size,
     positive_duration,
     signed_duration,
     store_name,
     stuck_statuses,
     table_name,
+    table_prefix,
     timezone,
 )
 from otel_batchmon._parse import split_list
@@ -109,9 +114,32 @@ class Reader:
             shutdown_timeout_seconds=self.take(
                 data, "shutdown_timeout", "", positive_duration, 10.0
             ),
+            **self.events(data),
         )
         self.check_schedule(config, data)
         return config
+
+    def events(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        state_url: str | None = self.take(
+            data, "state_url", "", database_url, None
+        )
+        return {
+            "state_url": state_url,
+            "state_table_prefix": self.take(
+                data, "state_table_prefix", "", table_prefix, "batchmon_"
+            ),
+            "events": self.take(data, "events", "", boolean, True),
+            "settle_lag_seconds": self.take(
+                data, "settle_lag", "", non_negative_duration, 30.0
+            ),
+            "backfill_seconds": self.take(data, "backfill", "", backfill, 0.0),
+            "event_page_size": self.take(
+                data, "event_page_size", "", page_size, 1000
+            ),
+            "compat_names": self.take(
+                data, "compat_names", "", boolean, False
+            ),
+        }
 
     def check_schedule(
         self, config: MonitorConfig, data: Mapping[str, Any]

@@ -11,18 +11,26 @@ from otel_batchmon._parse import parse_duration, split_list
 __all__ = [
     "IDENTIFIER",
     "STORE_NAME",
+    "backfill",
+    "boolean",
     "database_url",
     "identifier",
+    "non_negative_duration",
+    "page_size",
     "positive_duration",
     "signed_duration",
     "store_name",
     "stuck_statuses",
     "table_name",
+    "table_prefix",
     "timezone",
 ]
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 STORE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TABLE_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,29}")
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
 def positive_duration(value: object) -> float:
@@ -30,6 +38,52 @@ def positive_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"{value!r} must be longer than zero")
     return seconds
+
+
+def non_negative_duration(value: object) -> float:
+    return parse_duration(value)
+
+
+def backfill(value: object) -> float:
+    if value is False or (
+        isinstance(value, str) and value.strip().lower() in _FALSE
+    ):
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a backfill; write a duration like 24h to "
+            "record batches finished that long before the first start, "
+            "or false"
+        ) from None
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def page_size(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number of rows")
+    if not 1 <= value <= 100_000:
+        raise ValueError(f"{value} must be between 1 and 100000 rows")
+    return value
+
+
+def table_prefix(value: object) -> str:
+    if not isinstance(value, str) or not TABLE_PREFIX.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a table name prefix (letters, digits and _, "
+            "not starting with a digit, at most 30 characters)"
+        )
+    return value
 
 
 def signed_duration(value: object) -> float:

@@ -62,6 +62,13 @@ MONITOR_KEYS = (
     "clock_offset",
     "shutdown_timeout",
     "stores",
+    "state_url",
+    "state_table_prefix",
+    "events",
+    "settle_lag",
+    "backfill",
+    "event_page_size",
+    "compat_names",
 )
 
 
@@ -131,6 +138,14 @@ class MonitorConfig:
     connect_timeout_seconds: float = 10.0
     clock_offset_seconds: float = 0.0
     shutdown_timeout_seconds: float = 10.0
+    # The monitor's own tables; None means each store's database_url.
+    state_url: str | None = None
+    state_table_prefix: str = "batchmon_"
+    events: bool = True
+    settle_lag_seconds: float = 30.0
+    backfill_seconds: float = 0.0
+    event_page_size: int = 1000
+    compat_names: bool = False
 
 
 def load_config(

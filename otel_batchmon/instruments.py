@@ -185,6 +185,23 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         "keep their status in counts but are left out of durations.",
         ("batch.store", "batchmon.reason"),
     ),
+    InstrumentSpec(
+        "batchmon.events.invalid",
+        _C,
+        "{row}",
+        "Finished rows claimed for events whose timestamps or record "
+        "counts are impossible, by reason; they are counted in "
+        "batch.finished but left out of the histograms and records.",
+        ("batch.store", "batchmon.reason"),
+    ),
+    InstrumentSpec(
+        "batchmon.rows.late",
+        _C,
+        "{row}",
+        "Finished rows committed after their time range was claimed, "
+        "found by the trailing recount; they are not in batch.finished.",
+        ("batch.store",),
+    ),
 )
 
 

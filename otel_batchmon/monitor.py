@@ -16,7 +16,9 @@ from opentelemetry.metrics import (
     get_meter,
 )
 
+from otel_batchmon.compat import register_compat_gauges
 from otel_batchmon.config import MonitorConfig
+from otel_batchmon.events import EventRecorder
 from otel_batchmon.instruments import CATALOGUE, InstrumentKind, spec
 from otel_batchmon.refresher import Refresher, RefreshOutcome
 from otel_batchmon.snapshot import StoreSnapshot
@@ -74,9 +76,17 @@ class BatchMonitor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.refresher = Refresher(config, self._record, clock)
         self._meter = get_meter(
             "otel_batchmon", __version__, meter_provider=meter_provider
+        )
+        self.events = (
+            EventRecorder(config, self._meter) if config.events else None
+        )
+        self.refresher = Refresher(
+            config,
+            self._record,
+            clock,
+            after_read=self.events.after_read if self.events else None,
         )
         self._active = False
         self._failed_callbacks: set[str] = set()
@@ -92,6 +102,8 @@ class BatchMonitor:
         """Stop refreshing; the gauges report nothing afterwards."""
         self._active = False
         self.refresher.stop(timeout)
+        if self.events is not None:
+            self.events.close()
 
     def refresh_now(self) -> list[RefreshOutcome]:
         """Refresh every store on this thread and return the outcomes."""
@@ -130,6 +142,8 @@ class BatchMonitor:
         self._refresh_errors = meter.create_counter(
             errors.name, errors.unit, errors.description
         )
+        if self.config.compat_names:
+            register_compat_gauges(meter, self._guarded, self._fresh)
 
     def _guarded(
         self, name: str, points: Callable[[str], Iterator[Observation]]

@@ -65,6 +65,8 @@ class Refresher:
 
     ``on_outcome`` is called on the refresher's thread after every
     refresh; it must not raise (errors are logged and ignored).
+    ``after_read`` follows each good read of a store, on the same thread
+    and under the same lock, with the store and its read-only engine.
     """
 
     def __init__(
@@ -72,10 +74,12 @@ class Refresher:
         config: MonitorConfig,
         on_outcome: Callable[[RefreshOutcome], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        after_read: Callable[[BatchStore, Engine], None] | None = None,
     ) -> None:
         self.config = config
         self._on_outcome = on_outcome
         self._clock = clock
+        self._after_read = after_read
         self._states = {
             s.name: _StoreState(
                 BatchStore(s, config.clock_offset_seconds),
@@ -152,6 +156,12 @@ class Refresher:
         with self._lock:
             outcome = self._read(state)
             self._schedule(state, outcome)
+            if outcome.ok and self._after_read is not None:
+                try:
+                    with suppress_instrumentation():
+                        self._after_read(state.store, state.engine)
+                except Exception:
+                    _log.exception("after-read step failed")
         if self._on_outcome is not None:
             try:
                 self._on_outcome(outcome)

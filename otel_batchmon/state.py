@@ -1,0 +1,430 @@
+"""The monitor's own tables: schema version, watermarks and claims.
+
+Written in short transactions on a small writable engine of its own
+(never the read-only store engine). Migrations are idempotent and run at
+start; a schema newer than this code knows is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+
+from otel_batchmon._engine import classify, mask_url
+from otel_batchmon._suppress import suppress_instrumentation
+from otel_batchmon.errors import BatchmonError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Claim",
+    "StateError",
+    "StateStore",
+    "StateUnavailable",
+    "Watermark",
+    "create_state_engine",
+]
+
+_log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Concurrent first starts may race on CREATE TABLE; each retry sees more.
+_ATTEMPTS = 5
+_ID_LENGTH = 255
+
+# Errors that mean "this account or server cannot write here", as opposed
+# to a passing failure worth retrying.
+_PG_UNWRITABLE = {"25006", "42501"}
+_MYSQL_UNWRITABLE = {1036, 1044, 1142, 1290, 1792, 1836}
+_SQLITE_UNWRITABLE = ("readonly database", "read-only", "read only")
+
+
+class StateError(BatchmonError):
+    """The state tables cannot be used as they are."""
+
+
+class StateUnavailable(StateError):
+    """The state database cannot be written with these credentials."""
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The last claimed (finished time, id); id None is before all ids."""
+
+    finished_us: int
+    batch_id: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed page: rows in (after, upto] counted ``rows``."""
+
+    after: Watermark
+    upto: Watermark
+    rows: int
+    claimed_us: int
+
+
+class _Tables:
+    def __init__(self, prefix: str) -> None:
+        metadata = MetaData()
+        self.version = Table(
+            f"{prefix}schema_version",
+            metadata,
+            Column("id", Integer, primary_key=True, autoincrement=False),
+            Column("version", Integer, nullable=False),
+        )
+        self.watermark = Table(
+            f"{prefix}watermark",
+            metadata,
+            Column("store", String(64), primary_key=True),
+            Column("finished_us", BigInteger, nullable=False),
+            Column("batch_id", String(_ID_LENGTH)),
+            Column("updated_us", BigInteger, nullable=False),
+        )
+        self.claim = Table(
+            f"{prefix}claim",
+            metadata,
+            Column("store", String(64), primary_key=True),
+            Column("upto_us", BigInteger, primary_key=True),
+            Column("upto_id", String(_ID_LENGTH), primary_key=True),
+            Column("after_us", BigInteger, nullable=False),
+            Column("after_id", String(_ID_LENGTH)),
+            Column("row_count", Integer, nullable=False),
+            Column("claimed_us", BigInteger, nullable=False),
+        )
+
+
+def _migrate_to_1(connection: Connection, tables: _Tables) -> None:
+    tables.watermark.create(connection, checkfirst=True)
+    tables.claim.create(connection, checkfirst=True)
+
+
+# Migration n brings the schema from version n - 1 to n.
+_MIGRATIONS: tuple[Callable[[Connection, _Tables], None], ...] = (
+    _migrate_to_1,
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+class StateStore:
+    """The state tables on one database, shared by the stores using it.
+
+    >>> state = StateStore(create_state_engine(url, 5, 5), "batchmon_")
+    >>> state.open()                       # migrate, check writability
+    >>> state.advance("orders", old, new, rows=10, now_us=now)
+    True
+    """
+
+    def __init__(self, engine: Engine, prefix: str = "batchmon_") -> None:
+        self.engine = engine
+        self.prefix = prefix
+        self.tables = _Tables(prefix)
+
+    @property
+    def where(self) -> str:
+        """Where the state lives, for messages (no credentials)."""
+        return f"{self.prefix}* tables in {mask_url(self.engine.url)}"
+
+    def open(self) -> None:
+        """Create or migrate the tables; raise StateUnavailable if read-only.
+
+        Runs in one transaction per attempt; concurrent starts converge.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self._begin() as connection:
+                    self._migrate(connection)
+                return
+            except StateError:
+                raise
+            except SQLAlchemyError as exc:
+                self._raise_if_unwritable(exc)
+                if attempt == _ATTEMPTS:
+                    failure = classify(exc)
+                    raise StateError(
+                        f"cannot prepare {self.where} "
+                        f"({failure.error_type}): {failure.message}"
+                    ) from None
+                _log.debug("state migration attempt %d raced", attempt)
+
+    def watermark(self, store: str) -> Watermark | None:
+        """Return the store's watermark, or None before its first start."""
+        wm = self.tables.watermark
+        with self._begin() as connection:
+            row = connection.execute(
+                select(wm.c.finished_us, wm.c.batch_id).where(
+                    wm.c.store == store
+                )
+            ).first()
+        return None if row is None else Watermark(int(row[0]), row[1])
+
+    def start(self, store: str, first: Watermark, now_us: int) -> Watermark:
+        """Set the first watermark unless one exists; return the one kept."""
+        try:
+            with self._begin() as connection:
+                connection.execute(
+                    insert(self.tables.watermark).values(
+                        store=store,
+                        finished_us=first.finished_us,
+                        batch_id=first.batch_id,
+                        updated_us=now_us,
+                    )
+                )
+        except IntegrityError:
+            _log.debug("store %s: another monitor set the watermark", store)
+        except SQLAlchemyError as exc:
+            self._raise_if_unwritable(exc)
+            raise
+        kept = self.watermark(store)
+        assert kept is not None
+        return kept
+
+    def advance(
+        self,
+        store: str,
+        old: Watermark,
+        new: Watermark,
+        rows: int,
+        now_us: int,
+    ) -> bool:
+        """Move the watermark from ``old`` to ``new`` if still at ``old``.
+
+        The compare-and-set and the claim record commit together; False
+        means another monitor moved it first and nothing was claimed.
+        """
+        wm = self.tables.watermark
+        with self._begin() as connection:
+            moved = connection.execute(
+                update(wm)
+                .where(wm.c.store == store, _at(wm, old))
+                .values(
+                    finished_us=new.finished_us,
+                    batch_id=new.batch_id,
+                    updated_us=now_us,
+                )
+            )
+            if moved.rowcount != 1:
+                return False
+            connection.execute(
+                insert(self.tables.claim).values(
+                    store=store,
+                    upto_us=new.finished_us,
+                    upto_id=new.batch_id or "",
+                    after_us=old.finished_us,
+                    after_id=old.batch_id,
+                    row_count=rows,
+                    claimed_us=now_us,
+                )
+            )
+        return True
+
+    def due_claims(
+        self, store: str, claimed_before_us: int, limit: int
+    ) -> list[Claim]:
+        """The oldest claims made before ``claimed_before_us``."""
+        c = self.tables.claim.c
+        query = (
+            select(
+                c.after_us,
+                c.after_id,
+                c.upto_us,
+                c.upto_id,
+                c.row_count,
+                c.claimed_us,
+            )
+            .where(c.store == store, c.claimed_us <= claimed_before_us)
+            .order_by(c.upto_us, c.upto_id)
+            .limit(limit)
+        )
+        with self._begin() as connection:
+            rows = connection.execute(query).all()
+        return [
+            Claim(
+                Watermark(int(r[0]), r[1]),
+                Watermark(int(r[2]), r[3] or None),
+                int(r[4]),
+                int(r[5]),
+            )
+            for r in rows
+        ]
+
+    def settle(self, store: str, claim: Claim) -> bool:
+        """Remove a recounted claim; True only for the one who removed it."""
+        c = self.tables.claim.c
+        with self._begin() as connection:
+            gone = connection.execute(
+                delete(self.tables.claim).where(
+                    c.store == store,
+                    c.upto_us == claim.upto.finished_us,
+                    c.upto_id == (claim.upto.batch_id or ""),
+                )
+            )
+        return gone.rowcount == 1
+
+    def drop(self) -> None:
+        """Drop every state table of this prefix (tests, uninstall)."""
+        with self._begin() as connection:
+            for table in (
+                self.tables.claim,
+                self.tables.watermark,
+                self.tables.version,
+            ):
+                table.drop(connection, checkfirst=True)
+
+    def close(self) -> None:
+        """Release the engine's connections."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        with suppress_instrumentation(), self.engine.begin() as connection:
+            yield connection
+
+    def _migrate(self, connection: Connection) -> None:
+        version = self.tables.version
+        _serialise(connection, self.prefix)
+        version.create(connection, checkfirst=True)
+        found = connection.execute(
+            select(version.c.version).where(version.c.id == 1)
+        ).scalar()
+        if found is None:
+            connection.execute(insert(version).values(id=1, version=0))
+            found = 0
+        if found > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.where} are at schema version {found}, but this "
+                f"otel_batchmon knows versions up to {SCHEMA_VERSION}; "
+                "upgrade otel_batchmon or set another state_table_prefix"
+            )
+        for target in range(found + 1, SCHEMA_VERSION + 1):
+            _MIGRATIONS[target - 1](connection, self.tables)
+            _log.info("%s: migrated to schema version %d", self.where, target)
+        # Also proves the account may write here, even when nothing moved.
+        connection.execute(
+            update(version)
+            .where(version.c.id == 1)
+            .values(version=max(found, SCHEMA_VERSION))
+        )
+
+    def _raise_if_unwritable(self, exc: SQLAlchemyError) -> None:
+        if is_unwritable(exc):
+            failure = classify(exc)
+            raise StateUnavailable(
+                f"cannot write {self.where}: {failure.message}"
+            ) from None
+
+
+def _at(wm: Table, mark: Watermark) -> ColumnElement[bool]:
+    if mark.batch_id is None:
+        return and_(
+            wm.c.finished_us == mark.finished_us, wm.c.batch_id.is_(None)
+        )
+    return and_(
+        wm.c.finished_us == mark.finished_us, wm.c.batch_id == mark.batch_id
+    )
+
+
+def _serialise(connection: Connection, prefix: str) -> None:
+    # PostgreSQL DDL is transactional: one migrator at a time, the others
+    # wait and then find the work done. Elsewhere the steps are idempotent
+    # and a lost race is retried.
+    if connection.dialect.name == "postgresql":
+        key = zlib.crc32(f"otel_batchmon:{prefix}".encode())
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+
+
+def is_unwritable(exc: BaseException) -> bool:
+    """Tell whether a database error means writes are not allowed."""
+    original = getattr(exc, "orig", None)
+    code = getattr(original, "sqlstate", None) or getattr(
+        original, "pgcode", None
+    )
+    if code in _PG_UNWRITABLE:
+        return True
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_UNWRITABLE:
+        return True
+    text = str(original if original is not None else exc).lower()
+    return any(marker in text for marker in _SQLITE_UNWRITABLE)
+
+
+def create_state_engine(
+    url: str, statement_timeout: float, connect_timeout: float
+) -> Engine:
+    """A small writable engine for the state tables, UTC, with timeouts."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    seconds = max(1, math.ceil(connect_timeout))
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        # The busy timeout makes concurrent writers queue, not fail.
+        kwargs["connect_args"] = {
+            "timeout": statement_timeout,
+            "check_same_thread": False,
+        }
+    else:
+        kwargs |= {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5.0}
+        key = "connect_timeout"
+        kwargs["connect_args"] = {
+            key: max(2, seconds) if backend == "postgresql" else seconds
+        }
+    engine = create_engine(parsed, **kwargs)
+    event.listen(
+        engine, "connect", _session_settings(backend, statement_timeout)
+    )
+    return engine
+
+
+def _session_settings(backend: str, timeout: float) -> Any:
+    millis = max(1, int(timeout * 1000))
+    lock_seconds = max(1, math.ceil(timeout))
+    statements: list[str] = []
+    if backend == "postgresql":
+        statements = [
+            "SET TIME ZONE 'UTC'",
+            f"SET statement_timeout = {millis}",
+            f"SET lock_timeout = {millis}",
+        ]
+    elif backend in ("mysql", "mariadb"):
+        statements = [
+            "SET SESSION time_zone = '+00:00'",
+            f"SET SESSION lock_wait_timeout = {lock_seconds}",
+            f"SET SESSION innodb_lock_wait_timeout = {lock_seconds}",
+        ]
+
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        if not statements:
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    return apply
