@@ -155,6 +155,16 @@ def port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def http_ok(url: str) -> bool | None:
+    """True when a loopback URL answers 200, None otherwise (still down)."""
+    assert url.startswith("http://127.0.0.1:"), url
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return True if response.status == 200 else None
+    except OSError:
+        return None
+
+
 def get_json(url: str, params: Mapping[str, str]) -> Any:
     """GET a loopback URL with query parameters and decode its JSON."""
     assert url.startswith("http://127.0.0.1:"), url

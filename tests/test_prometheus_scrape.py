@@ -3,7 +3,8 @@
 A real Prometheus server (Debian's binary) scrapes the daemon's own
 endpoint (``OTEL_METRICS_EXPORTER=prometheus``) every second; the test
 reads what Prometheus stored through its query API and compares it with
-the rows it wrote, and the names with those the Collector path gives.
+the rows it wrote, the names with those the Collector path gives, and
+the alerts the shipped rules raise on them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests._processes import (
     clean_env,
     free_port,
     get_json,
+    http_ok,
     poll,
     port_open,
     running,
@@ -73,6 +75,7 @@ def known_batches(now: datetime) -> list[dict[str, Any]]:
         queued_ago: timedelta | None = None,
     ) -> dict[str, Any]:
         started = None if started_ago is None else now - started_ago
+        finished = None if started is None or ran is None else started + ran
         queued = now - (queued_ago or started_ago or timedelta())
         return {
             "id": batch_id,
@@ -80,7 +83,7 @@ def known_batches(now: datetime) -> list[dict[str, Any]]:
             "status": status,
             "created_at": queued - timedelta(seconds=30),
             "started_at": started,
-            "finished_at": None if ran is None else started + ran,  # type: ignore[operator]
+            "finished_at": finished,
             "records_total": 100,
             "records_failed": 5 if status == "failed" else 0,
             "error": None,
@@ -135,8 +138,9 @@ def test_prometheus_scrapes_the_daemon_and_stores_the_tables_values(
             _assert_values(base, metrics_port)
             _assert_names_match_the_collector_path(base)
             _assert_shipped_rules_fire_on_the_pulled_series(base, monitor)
-        code, seconds = monitor.terminate(SHUTDOWN_SECONDS + 5)
-        log = monitor.log()
+            code, seconds = monitor.terminate(SHUTDOWN_SECONDS + 5)
+            log = monitor.log()
+            _assert_series_go_stale_at_once(base)
     assert code == 0, log
     assert seconds <= SHUTDOWN_SECONDS, log
     assert "Traceback" not in log
@@ -177,12 +181,15 @@ def _prometheus(binary: str, target_port: int, workdir: Path) -> Iterator[str]:
         f"--web.listen-address=127.0.0.1:{port}",
     ]
     with running("prometheus", argv, clean_env(), workdir) as child:
+        base = f"http://127.0.0.1:{port}"
+        # The port opens before the storage is ready; queries answer 503
+        # until /-/ready says 200.
         poll(
-            lambda: True if port_open(port) else None,
-            "Prometheus to listen",
+            lambda: http_ok(f"{base}/-/ready"),
+            "Prometheus to be ready",
             alive=child.exited,
         )
-        yield f"http://127.0.0.1:{port}"
+        yield base
 
 
 def _wait_for_first_scrape(base: str, monitor: Child) -> None:
@@ -252,6 +259,11 @@ def _assert_values(base: str, metrics_port: int) -> None:
     assert labels["job"] == JOB
     assert labels["instance"] == f"127.0.0.1:{metrics_port}"
     assert labels["otel_scope_name"] == "otel_batchmon"
+    assert labels["otel_scope_version"]
+    # The reader sends otel_scope_schema_url="" and Prometheus stores an
+    # empty label as no label.
+    assert "otel_scope_schema_url" not in labels
+    assert query(base, f'process_start_time_seconds{{job="{JOB}"}}')
     target = dict(next(iter(query(base, "target_info"))))
     assert target["service_name"] == SERVICE
     assert target["job"] == JOB
@@ -262,7 +274,11 @@ def _assert_names_match_the_collector_path(base: str) -> None:
     names = by_label(
         query(
             base,
-            f'count by (__name__) ({{job="{JOB}", batch_store!=""}})',
+            # Scraped series only: the rules' ALERTS series carry the
+            # same labels.
+            "count by (__name__) ({"
+            f'job="{JOB}", batch_store!="", __name__!~"ALERTS.*"'
+            "})",
         ),
         "__name__",
     ).keys()
@@ -279,6 +295,17 @@ def _assert_names_match_the_collector_path(base: str) -> None:
     # Unit "1" adds no _ratio here; the name already ends in ratio, which
     # is also all the Collector's translator leaves, so both agree.
     assert "batch_window_failure_ratio" in names
+
+
+def _assert_series_go_stale_at_once(base: str) -> None:
+    # A failed scrape makes Prometheus mark the target's series stale:
+    # unlike the Collector's metric_expiration, nothing lingers.
+    poll(
+        lambda: None if query(base, "batch_stuck_count") else True,
+        "the stopped monitor's series to go stale",
+        timeout=15,
+    )
+    assert one_value(base, f'up{{job="{JOB}"}}') == 0
 
 
 def _assert_shipped_rules_fire_on_the_pulled_series(
