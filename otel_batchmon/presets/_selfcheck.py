@@ -51,7 +51,8 @@ def structural_problems(p: dict[str, Any]) -> list[str]:
         if key not in p:
             out.append(f"missing [{key}]")
     for s in p.get("sources", []):
-        for k in ("repo", "path", "commit", "used_for"):
+        keys = ("url", "version", "used_for") if "url" in s else ("repo", "path", "commit", "used_for")
+        for k in keys:
             if k not in s:
                 out.append(f"source without {k}: {s}")
         if "commit" in s and not re.fullmatch(r"[0-9a-f]{40}", s["commit"]):
@@ -252,6 +253,7 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
             for s in statements:
                 conn.exec_driver_sql(s)
             expected: dict[str, str] = {}
+            expected_err: dict[str, str] = {}
             for group in p["test"]["rows"]:
                 table = substitute(group["table"], p, params)
                 encs = group.get("encodings", {})
@@ -260,6 +262,8 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
                     row = {k: v for k, v in values.items() if not k.startswith("_")}
                     if "_expect" in values:
                         expected[str(row[p["test"]["id_column"]])] = values["_expect"]
+                    if "_expect_error" in values:
+                        expected_err[str(row[p["test"]["id_column"]])] = values["_expect_error"]
                     cols = list(row)
                     bind = {
                         f"v{i}": render_value(row[c], dialect_encs.get(c, encs.get(c)), dialect, now)
@@ -288,7 +292,10 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
             if not rows:
                 problems.append(f"{dialect}: relation returned no rows")
             have = set(rows[0]) if rows else set()
+            optional = set(p["columns"].get("optional_roles", []))
             for role, spec in p["columns"].items():
+                if role in ("optional_roles", "window_by", "only_when") or role in optional:
+                    continue
                 names = spec if isinstance(spec, list) else [spec]
                 for n in names:
                     n = n["json"] if isinstance(n, dict) else n
@@ -305,6 +312,7 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
                                         problems.append(f"{dialect}: rule {rule['name']} column {n} missing")
             idcol = p["columns"]["id"]
             seen = set()
+            unavailable_start = p["columns"].get("started_at") == ""
             for r in rows:
                 rid = str(get(r, idcol))
                 seen.add(rid)
@@ -312,18 +320,20 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
                 want = expected.get(rid)
                 if want is not None and got != want:
                     problems.append(f"{dialect}: id {rid}: status {got}, expected {want} (row {r})")
+                if rid in expected_err and get(r, p["columns"].get("error", "")) != expected_err[rid]:
+                    problems.append(f"{dialect}: id {rid}: error {get(r, p['columns'].get('error', ''))!r}, expected {expected_err[rid]!r}")
                 if got in ("completed", "failed") and not p.get("finish_optional_for", []).count(got):
                     st = get(r, p["columns"]["started_at"])
                     fi = get(r, p["columns"]["finished_at"])
                     if fi is None:
                         problems.append(f"{dialect}: id {rid} is {got} without finished_at")
-                    elif st is None and "started_at" not in p.get("metrics", {}).get("unavailable_roles", []):
+                    elif st is None and not unavailable_start:
                         problems.append(f"{dialect}: id {rid} is {got} without started_at")
             for rid in expected:
                 if rid not in seen:
                     problems.append(f"{dialect}: sample id {rid} missing from relation output")
             for key in p["columns"]:
-                if key not in ("id", "status", "queued_at", "started_at", "finished_at",
+                if key not in ("optional_roles", "window_by", "only_when", "id", "status", "queued_at", "started_at", "finished_at",
                                "heartbeat_at", "due_at", "kind", "error",
                                "records_total", "records_failed", "refine"):
                     problems.append(f"unknown role {key}")
