@@ -26,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     update,
@@ -54,6 +55,7 @@ SCHEMA_VERSION = 1
 # Concurrent first starts may race on CREATE TABLE; each retry sees more.
 _ATTEMPTS = 5
 _ID_LENGTH = 255
+_LOCK_WAIT_SECONDS = 10
 
 # Errors that mean "this account or server cannot write here", as opposed
 # to a passing failure worth retrying.
@@ -156,7 +158,10 @@ class StateStore:
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                with self._begin() as connection:
+                with (
+                    self._begin() as connection,
+                    _serialised(connection, self.prefix),
+                ):
                     self._migrate(connection)
                 return
             except StateError:
@@ -306,7 +311,6 @@ class StateStore:
 
     def _migrate(self, connection: Connection) -> None:
         version = self.tables.version
-        _serialise(connection, self.prefix)
         version.create(connection, checkfirst=True)
         found = connection.execute(
             select(version.c.version).where(version.c.id == 1)
@@ -348,13 +352,26 @@ def _at(wm: Table, mark: Watermark) -> ColumnElement[bool]:
     )
 
 
-def _serialise(connection: Connection, prefix: str) -> None:
-    # PostgreSQL DDL is transactional: one migrator at a time, the others
-    # wait and then find the work done. Elsewhere the steps are idempotent
-    # and a lost race is retried.
-    if connection.dialect.name == "postgresql":
-        key = zlib.crc32(f"otel_batchmon:{prefix}".encode())
+@contextmanager
+def _serialised(connection: Connection, prefix: str) -> Iterator[None]:
+    # One migrator at a time per prefix: the others wait, then find the
+    # work done. MariaDB even refuses DDL on a table another session is
+    # creating (error 1684), so retrying alone is not enough there.
+    name = f"otel_batchmon:{prefix}"
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        key = zlib.crc32(name.encode())
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+    elif dialect in ("mysql", "mariadb"):
+        connection.execute(
+            select(func.get_lock(name, _LOCK_WAIT_SECONDS))
+        ).scalar()
+        try:
+            yield
+        finally:
+            connection.execute(select(func.release_lock(name))).scalar()
+        return
+    yield
 
 
 def is_unwritable(exc: BaseException) -> bool:
