@@ -287,7 +287,7 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
             else:
                 body = rel.get("dialect_sql", {}).get(dialect, rel["sql"])
                 sql = f"SELECT * FROM ({substitute(body, p, params)}) AS r"
-            result = conn.exec_driver_sql(sql)
+            result = conn.execute(sa.text(sql))
             rows = [{k.lower(): v for k, v in r._mapping.items()} for r in result]
             if not rows:
                 problems.append(f"{dialect}: relation returned no rows")
