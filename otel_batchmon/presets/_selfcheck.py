@@ -55,7 +55,7 @@ def structural_problems(p: dict[str, Any]) -> list[str]:
         for k in keys:
             if k not in s:
                 out.append(f"source without {k}: {s}")
-        if "commit" in s and not re.fullmatch(r"[0-9a-f]{40}", s["commit"]):
+        if "commit" in s and (not re.fullmatch(r"[0-9a-f]{40}", s["commit"]) or set(s["commit"]) == {"0"}):
             out.append(f"source commit is not a full sha: {s['commit']}")
     cols = p.get("columns", {})
     for role in ROLES_REQUIRED:
