@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -210,8 +211,10 @@ def _serve(config: MonitorConfig, telemetry: Telemetry) -> int:
     try:
         stop.wait()
     finally:
+        # One budget for the whole shutdown, not one per step.
+        deadline = time.monotonic() + config.shutdown_timeout_seconds
         monitor.stop(config.shutdown_timeout_seconds)
-        _shutdown_within(telemetry, config.shutdown_timeout_seconds)
+        _shutdown_within(telemetry, max(0.0, deadline - time.monotonic()))
     return EXIT_OK
 
 

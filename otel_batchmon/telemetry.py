@@ -223,7 +223,15 @@ def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:
         raise ConfigError(
             [f"OTEL_EXPORTER_PROMETHEUS_PORT={port_text!r} is not a port"]
         ) from None
-    start_http_server(port=port, addr=host)
+    try:
+        start_http_server(port=port, addr=host)
+    except OSError as exc:
+        raise ConfigError(
+            [
+                f"cannot serve Prometheus metrics on {host}:{port} "
+                f"(OTEL_EXPORTER_PROMETHEUS_HOST/PORT): {exc.strerror or exc}"
+            ]
+        ) from None
     reader: MetricReader = PrometheusMetricReader()
     return reader
 

@@ -5,7 +5,8 @@ Collector would reject it: YAML shape, pipelines naming defined
 components, component types that exist (and are not removed) in the
 distribution the file claims, and keys each component knows. Component
 facts come from the project's reference file
-(shared/reference/collector_components.json, beside the repository).
+(tests/data/collector_components.json, a copy of the team's reference
+facts kept in the repository so a clean clone tests on its own).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "collector-config"
 README = CONFIG_DIR / "README.md"
-REFERENCE = REPO.parent / "shared" / "reference" / "collector_components.json"
+REFERENCE = Path(__file__).parent / "data" / "collector_components.json"
 CONFIGS = sorted(
     path
     for folder in ("agent", "local", "gateway")
