@@ -7,6 +7,9 @@ a loss changes it.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +28,7 @@ from otel_batchmon.state import StateStore, create_state_engine
 from otel_batchmon.tables import default_batch_table
 from tests.conftest import Database
 from tests.metrics import Points, collect
+from tests.otlp_receiver import Received, grpc_receiver
 
 STORE = "orders"
 
@@ -365,3 +369,167 @@ def _poll(
         if until(found) or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+def _cli_env(
+    db: Database, name: str, prefix: str, **extra: str
+) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OTEL_", "PG"))
+    }
+    return (
+        env
+        | {
+            "OTEL_SERVICE_NAME": "batchmon-events-test",
+            "OTEL_BATCHMON_DATABASE_URL": db.url,
+            "OTEL_BATCHMON_TABLE": name,
+            "OTEL_BATCHMON_NAME": STORE,
+            "OTEL_BATCHMON_STATE_TABLE_PREFIX": prefix,
+            "OTEL_BATCHMON_BACKFILL": "1h",
+        }
+        | extra
+    )
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "otel_batchmon", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def records_by_replica(received: Received) -> dict[str, int]:
+    """The last cumulative batch.records{ok} each replica exported."""
+    last: dict[str, int] = {}
+    for request in list(received.requests):
+        for resource in request.resource_metrics:
+            replica = next(
+                (
+                    a.value.string_value
+                    for a in resource.resource.attributes
+                    if a.key == "batchmon.replica"
+                ),
+                "?",
+            )
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != "batch.records":
+                        continue
+                    last[replica] = sum(
+                        p.as_int
+                        for p in metric.sum.data_points
+                        if any(
+                            a.key == "batch.record.outcome"
+                            and a.value.string_value == "ok"
+                            for a in p.attributes
+                        )
+                    )
+    return last
+
+
+def _mask(start: int, stop: int) -> int:
+    return sum(2**i for i in range(start, stop))
+
+
+def _wave(start: int, stop: int, finished_ago: float) -> list[dict[str, Any]]:
+    return [
+        batch(f"r{i:02}", finished_ago - i, records_total=2**i)
+        for i in range(start, stop)
+    ]
+
+
+def test_run_once_exports_the_rows_it_claimed_in_its_one_export(
+    db: Database, prefix: str
+) -> None:
+    name = make_table(db)
+    add_rows(db, name, _wave(0, 4, 600))
+    for run, expected in enumerate((_mask(0, 4), _mask(4, 6))):
+        if run:
+            add_rows(db, name, _wave(4, 6, 300))
+        with grpc_receiver() as (endpoint, received):
+            env = _cli_env(
+                db,
+                name,
+                prefix,
+                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+                OTEL_RESOURCE_ATTRIBUTES="batchmon.replica=once",
+            )
+            process = _cli("run", "--once", env=env)
+            _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+        assert len(received.requests) == 1
+        assert records_by_replica(received) == {"once": expected}
+
+
+def test_sigkill_loses_only_points_recorded_since_the_last_export(
+    db: Database, prefix: str
+) -> None:
+    """A killed monitor loses at most what it recorded since its last
+    successful export; the next one records the rest; nothing twice."""
+    name = make_table(db)
+    add_rows(db, name, _wave(0, 10, 900))
+    state = StateStore(create_state_engine(db.url, 5.0, 5.0), prefix)
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        with grpc_receiver() as (endpoint, received):
+
+            def start(replica: str) -> subprocess.Popen[str]:
+                env = _cli_env(
+                    db,
+                    name,
+                    prefix,
+                    OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+                    OTEL_RESOURCE_ATTRIBUTES=f"batchmon.replica={replica}",
+                    OTEL_METRIC_EXPORT_INTERVAL="1500",
+                    OTEL_BATCHMON_REFRESH_INTERVAL="200ms",
+                    OTEL_BATCHMON_SETTLE_LAG="0s",
+                )
+                processes.append(_cli("run", env=env))
+                return processes[-1]
+
+            first = start("a")
+            exported = _poll(
+                lambda: records_by_replica(received).get("a", 0),
+                until=lambda value: value == _mask(0, 10),
+                seconds=30,
+            )
+            assert exported == _mask(0, 10)
+            # Right after an export: claimed rows now wait ~1.5 s for the
+            # next one, so the kill lands between record and export.
+            add_rows(db, name, _wave(10, 20, 800))
+            mark = _poll(
+                lambda: state.watermark(STORE),
+                until=lambda m: m is not None and m.batch_id == "r19",
+            )
+            first.kill()
+            first.wait(15)
+            assert mark is not None
+            assert mark.batch_id == "r19"
+            lost = _mask(0, 20) - records_by_replica(received)["a"]
+            add_rows(db, name, _wave(20, 30, 700))
+            second = start("b")
+            got = _poll(
+                lambda: records_by_replica(received).get("b", 0),
+                until=lambda value: value == _mask(20, 30),
+                seconds=30,
+            )
+            second.terminate()
+            second.wait(15)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(15)
+        state.close()
+    # B recorded exactly the rows A never claimed; A's lost points are all
+    # from the page claimed after its last export (rows 10-19), or none.
+    assert got == _mask(20, 30)
+    assert lost in (0, _mask(10, 20))
+    final = records_by_replica(received)
+    assert final["a"] & final["b"] == 0
+    assert final["a"] + final["b"] + lost == _mask(0, 30)
