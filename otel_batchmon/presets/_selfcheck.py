@@ -35,6 +35,8 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 PREFIX_IDENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z0-9_]*$")
 OFFSET = re.compile(r"([+-])((?:\d+[dhms])+)")
 UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+NON_ROLE_KEYS = ("optional_roles", "window_by", "only_when", "default_status",
+                 "finish_optional_for")
 SCHEMA_FOR_TESTS = {"postgresql": "public", "mysql": "test", "sqlite": "main"}
 
 
@@ -61,7 +63,7 @@ def structural_problems(p: dict[str, Any]) -> list[str]:
     for role in ROLES_REQUIRED:
         if role not in cols:
             out.append(f"column role {role} not mapped")
-    if "status" not in cols and not p.get("status_rules"):
+    if "status" not in cols and "default_status" not in cols:
         out.append("neither a status column nor status_rules")
     st = p.get("statuses", {})
     seen: dict[str, str] = {}
@@ -215,7 +217,7 @@ def canonical(p: dict[str, Any], row: dict[str, Any], opt_in: bool) -> str:
             return rule["status"]
     raw = get(row, p["columns"].get("status", ""))
     if raw is None:
-        return p.get("default_status", "other")
+        return p["columns"].get("default_status", "other")
     for canon, values in p.get("statuses", {}).items():
         if canon in ("reasons", "stuck_statuses"):
             continue
@@ -294,7 +296,7 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
             have = set(rows[0]) if rows else set()
             optional = set(p["columns"].get("optional_roles", []))
             for role, spec in p["columns"].items():
-                if role in ("optional_roles", "window_by", "only_when") or role in optional:
+                if role in NON_ROLE_KEYS or role in optional:
                     continue
                 names = spec if isinstance(spec, list) else [spec]
                 for n in names:
@@ -322,18 +324,20 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
                     problems.append(f"{dialect}: id {rid}: status {got}, expected {want} (row {r})")
                 if rid in expected_err and get(r, p["columns"].get("error", "")) != expected_err[rid]:
                     problems.append(f"{dialect}: id {rid}: error {get(r, p['columns'].get('error', ''))!r}, expected {expected_err[rid]!r}")
-                if got in ("completed", "failed") and not p.get("finish_optional_for", []).count(got):
+                only = p["columns"].get("only_when", {})
+                start_ok = "started_at" in only and got not in only["started_at"]
+                if got in ("completed", "failed") and got not in p["columns"].get("finish_optional_for", []):
                     st = get(r, p["columns"]["started_at"])
                     fi = get(r, p["columns"]["finished_at"])
                     if fi is None:
                         problems.append(f"{dialect}: id {rid} is {got} without finished_at")
-                    elif st is None and not unavailable_start:
+                    elif st is None and not unavailable_start and not start_ok:
                         problems.append(f"{dialect}: id {rid} is {got} without started_at")
             for rid in expected:
                 if rid not in seen:
                     problems.append(f"{dialect}: sample id {rid} missing from relation output")
             for key in p["columns"]:
-                if key not in ("optional_roles", "window_by", "only_when", "id", "status", "queued_at", "started_at", "finished_at",
+                if key not in (*NON_ROLE_KEYS, "id", "status", "queued_at", "started_at", "finished_at",
                                "heartbeat_at", "due_at", "kind", "error",
                                "records_total", "records_failed", "refine"):
                     problems.append(f"unknown role {key}")
