@@ -35,8 +35,13 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 PREFIX_IDENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z0-9_]*$")
 OFFSET = re.compile(r"([+-])((?:\d+[dhms])+)")
 UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-NON_ROLE_KEYS = ("optional_roles", "window_by", "only_when", "default_status",
-                 "finish_optional_for")
+NON_ROLE_KEYS = (
+    "optional_roles",
+    "window_by",
+    "only_when",
+    "default_status",
+    "finish_optional_for",
+)
 SCHEMA_FOR_TESTS = {"postgresql": "public", "mysql": "test", "sqlite": "main"}
 
 
@@ -47,17 +52,37 @@ def load(path: Path) -> dict[str, Any]:
 
 def structural_problems(p: dict[str, Any]) -> list[str]:
     out = []
-    for key in ("format", "name", "title", "completeness", "description",
-                "dialects", "sources", "versions", "relation", "columns",
-                "timestamps", "metrics", "retention", "test"):
+    for key in (
+        "format",
+        "name",
+        "title",
+        "completeness",
+        "description",
+        "dialects",
+        "sources",
+        "versions",
+        "relation",
+        "columns",
+        "timestamps",
+        "metrics",
+        "retention",
+        "test",
+    ):
         if key not in p:
             out.append(f"missing [{key}]")
     for s in p.get("sources", []):
-        keys = ("url", "version", "used_for") if "url" in s else ("repo", "path", "commit", "used_for")
+        keys = (
+            ("url", "version", "used_for")
+            if "url" in s
+            else ("repo", "path", "commit", "used_for")
+        )
         for k in keys:
             if k not in s:
                 out.append(f"source without {k}: {s}")
-        if "commit" in s and (not re.fullmatch(r"[0-9a-f]{40}", s["commit"]) or set(s["commit"]) == {"0"}):
+        if "commit" in s and (
+            not re.fullmatch(r"[0-9a-f]{40}", s["commit"])
+            or set(s["commit"]) == {"0"}
+        ):
             out.append(f"source commit is not a full sha: {s['commit']}")
     cols = p.get("columns", {})
     for role in ROLES_REQUIRED:
@@ -96,7 +121,9 @@ def render_params(p: dict[str, Any], dialect: str) -> dict[str, str]:
         kind = p.get("parameters", {}).get(name, {}).get("kind", "identifier")
         ok = PREFIX_IDENT if kind == "identifier_prefix" else IDENT
         if not ok.match(value):
-            raise ValueError(f"parameter {name}={value!r} is not an identifier")
+            raise ValueError(
+                f"parameter {name}={value!r} is not an identifier"
+            )
     return values
 
 
@@ -109,15 +136,19 @@ def substitute(text: str, p: dict[str, Any], params: dict[str, str]) -> str:
 
 
 def parse_at(value: str, now: dt.datetime) -> dt.datetime:
-    rest = value[len("@now"):]
+    rest = value[len("@now") :]
     t = now
     for sign, body in OFFSET.findall(rest):
-        secs = sum(int(n) * UNIT[u] for n, u in re.findall(r"(\d+)([dhms])", body))
+        secs = sum(
+            int(n) * UNIT[u] for n, u in re.findall(r"(\d+)([dhms])", body)
+        )
         t = t + dt.timedelta(seconds=secs if sign == "+" else -secs)
     return t
 
 
-def render_value(v: Any, enc: str | None, dialect: str, now: dt.datetime) -> Any:
+def render_value(
+    v: Any, enc: str | None, dialect: str, now: dt.datetime
+) -> Any:
     if isinstance(v, str) and v.startswith("@now"):
         t = parse_at(v, now)
         if enc == "epoch_s":
@@ -137,7 +168,11 @@ def render_value(v: Any, enc: str | None, dialect: str, now: dt.datetime) -> Any
 
 
 def split_sql(script: str) -> list[str]:
-    return [s.strip() for s in re.split(r";\s*\n", script.strip() + "\n") if s.strip()]
+    return [
+        s.strip()
+        for s in re.split(r";\s*\n", script.strip() + "\n")
+        if s.strip()
+    ]
 
 
 def get(row: dict[str, Any], spec: Any) -> Any:
@@ -170,7 +205,11 @@ def get(row: dict[str, Any], spec: Any) -> Any:
 
 def cmp_value(v: Any) -> Any:
     if isinstance(v, dt.datetime):
-        return v.replace(tzinfo=None) if v.tzinfo is None else v.astimezone(dt.UTC).replace(tzinfo=None)
+        return (
+            v.replace(tzinfo=None)
+            if v.tzinfo is None
+            else v.astimezone(dt.UTC).replace(tzinfo=None)
+        )
     return v
 
 
@@ -185,10 +224,11 @@ def cond_true(row: dict[str, Any], c: dict[str, Any]) -> bool:
         return v is not None
     if v is None:
         return False
-    other = get(row, c["other"]) if "other" in c else c.get("value")
+    other: Any = get(row, c["other"]) if "other" in c else c.get("value")
     if "other" in c and other is None:
         return False
-    v, other = cmp_value(v), cmp_value(other)
+    v = cmp_value(v)
+    other = cmp_value(other)
     if isinstance(v, str) and isinstance(other, dt.datetime):
         v = dt.datetime.fromisoformat(v.replace("Z", ""))
     if op == "eq":
@@ -205,8 +245,15 @@ def cond_true(row: dict[str, Any], c: dict[str, Any]) -> bool:
         return bool(v)
     if op == "is_false":
         return not bool(v)
-    ops = {"gt": v > other, "ge": v >= other, "lt": v < other, "le": v <= other}
-    return ops[op]
+    if op == "gt":
+        return bool(v > other)
+    if op == "ge":
+        return bool(v >= other)
+    if op == "lt":
+        return bool(v < other)
+    if op == "le":
+        return bool(v <= other)
+    raise ValueError(f"unknown operator {op!r}")
 
 
 def canonical(p: dict[str, Any], row: dict[str, Any], opt_in: bool) -> str:
@@ -214,15 +261,15 @@ def canonical(p: dict[str, Any], row: dict[str, Any], opt_in: bool) -> str:
         if not rule.get("enabled", True) and not opt_in:
             continue
         if all(cond_true(row, c) for c in rule["when"]):
-            return rule["status"]
+            return str(rule["status"])
     raw = get(row, p["columns"].get("status", ""))
     if raw is None:
-        return p["columns"].get("default_status", "other")
+        return str(p["columns"].get("default_status", "other"))
     for canon, values in p.get("statuses", {}).items():
         if canon in ("reasons", "stuck_statuses"):
             continue
         if str(raw) in {str(x) for x in values}:
-            return canon
+            return str(canon)
     return "other"
 
 
@@ -259,28 +306,53 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
             for group in p["test"]["rows"]:
                 table = substitute(group["table"], p, params)
                 encs = group.get("encodings", {})
-                dialect_encs = group.get("dialect_encodings", {}).get(dialect, {})
+                dialect_encs = group.get("dialect_encodings", {}).get(
+                    dialect, {}
+                )
                 for values in group["values"]:
-                    row = {k: v for k, v in values.items() if not k.startswith("_")}
+                    row = {
+                        k: v
+                        for k, v in values.items()
+                        if not k.startswith("_")
+                    }
                     if "_expect" in values:
-                        expected[str(row[p["test"]["id_column"]])] = values["_expect"]
+                        expected[str(row[p["test"]["id_column"]])] = values[
+                            "_expect"
+                        ]
                     if "_expect_error" in values:
-                        expected_err[str(row[p["test"]["id_column"]])] = values["_expect_error"]
+                        expected_err[str(row[p["test"]["id_column"]])] = (
+                            values["_expect_error"]
+                        )
                     cols = list(row)
                     bind = {
-                        f"v{i}": render_value(row[c], dialect_encs.get(c, encs.get(c)), dialect, now)
+                        f"v{i}": render_value(
+                            row[c],
+                            dialect_encs.get(c, encs.get(c)),
+                            dialect,
+                            now,
+                        )
                         for i, c in enumerate(cols)
                     }
                     casts = group.get("casts", {}).get(dialect, {})
-                    ph = [f"{casts[c]}".replace("?", f":v{i}") if c in casts else f":v{i}"
-                          for i, c in enumerate(cols)]
-                    quoted = [f'"{c}"' if dialect != "mysql" else f"`{c}`" for c in cols]
+                    ph = [
+                        f"{casts[c]}".replace("?", f":v{i}")
+                        if c in casts
+                        else f":v{i}"
+                        for i, c in enumerate(cols)
+                    ]
+                    quoted = [
+                        f'"{c}"' if dialect != "mysql" else f"`{c}`"
+                        for c in cols
+                    ]
                     if p["test"].get("quote_columns", False):
                         collist = ", ".join(quoted)
                     else:
                         collist = ", ".join(cols)
                     conn.execute(
-                        sa.text(f"INSERT INTO {table} ({collist}) VALUES ({', '.join(ph)})"),
+                        sa.text(
+                            f"INSERT INTO {table} ({collist}) "
+                            f"VALUES ({', '.join(ph)})"
+                        ),
                         bind,
                     )
             rel = p["relation"]
@@ -290,7 +362,9 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
                 body = rel.get("dialect_sql", {}).get(dialect, rel["sql"])
                 sql = f"SELECT * FROM ({substitute(body, p, params)}) AS r"
             result = conn.execute(sa.text(sql))
-            rows = [{k.lower(): v for k, v in r._mapping.items()} for r in result]
+            rows = [
+                {k.lower(): v for k, v in r._mapping.items()} for r in result
+            ]
             if not rows:
                 problems.append(f"{dialect}: relation returned no rows")
             have = set(rows[0]) if rows else set()
@@ -302,16 +376,26 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
                 for n in names:
                     n = n["json"] if isinstance(n, dict) else n
                     if n and n.lower() not in have:
-                        problems.append(f"{dialect}: role {role} -> {n} not in relation {sorted(have)}")
+                        problems.append(
+                            f"{dialect}: role {role} -> {n} not in "
+                            f"relation {sorted(have)}"
+                        )
             for rule in p.get("status_rules", []):
                 for c in rule["when"]:
                     for cc in c.get("any", [[c]]):
-                        for x in (cc if isinstance(cc, list) else [cc]):
+                        for x in cc if isinstance(cc, list) else [cc]:
                             for key in ("column", "other"):
                                 if key in x:
-                                    n = x[key]["json"] if isinstance(x[key], dict) else x[key]
+                                    n = (
+                                        x[key]["json"]
+                                        if isinstance(x[key], dict)
+                                        else x[key]
+                                    )
                                     if n.lower() not in have:
-                                        problems.append(f"{dialect}: rule {rule['name']} column {n} missing")
+                                        problems.append(
+                                            f"{dialect}: rule {rule['name']}"
+                                            f" column {n} missing"
+                                        )
             idcol = p["columns"]["id"]
             seen = set()
             unavailable_start = p["columns"].get("started_at") == ""
@@ -321,25 +405,59 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
                 got = canonical(p, r, opt_in=False)
                 want = expected.get(rid)
                 if want is not None and got != want:
-                    problems.append(f"{dialect}: id {rid}: status {got}, expected {want} (row {r})")
-                if rid in expected_err and get(r, p["columns"].get("error", "")) != expected_err[rid]:
-                    problems.append(f"{dialect}: id {rid}: error {get(r, p['columns'].get('error', ''))!r}, expected {expected_err[rid]!r}")
+                    problems.append(
+                        f"{dialect}: id {rid}: status {got}, "
+                        f"expected {want} (row {r})"
+                    )
+                if (
+                    rid in expected_err
+                    and get(r, p["columns"].get("error", ""))
+                    != expected_err[rid]
+                ):
+                    problems.append(
+                        f"{dialect}: id {rid}: error "
+                        f"{get(r, p['columns'].get('error', ''))!r}, "
+                        f"expected {expected_err[rid]!r}"
+                    )
                 only = p["columns"].get("only_when", {})
-                start_ok = "started_at" in only and got not in only["started_at"]
-                if got in ("completed", "failed") and got not in p["columns"].get("finish_optional_for", []):
+                start_ok = (
+                    "started_at" in only and got not in only["started_at"]
+                )
+                if got in ("completed", "failed") and got not in p[
+                    "columns"
+                ].get("finish_optional_for", []):
                     st = get(r, p["columns"]["started_at"])
                     fi = get(r, p["columns"]["finished_at"])
                     if fi is None:
-                        problems.append(f"{dialect}: id {rid} is {got} without finished_at")
+                        problems.append(
+                            f"{dialect}: id {rid} is {got} without finished_at"
+                        )
                     elif st is None and not unavailable_start and not start_ok:
-                        problems.append(f"{dialect}: id {rid} is {got} without started_at")
+                        problems.append(
+                            f"{dialect}: id {rid} is {got} without started_at"
+                        )
             for rid in expected:
                 if rid not in seen:
-                    problems.append(f"{dialect}: sample id {rid} missing from relation output")
+                    problems.append(
+                        f"{dialect}: sample id {rid} missing from "
+                        "relation output"
+                    )
             for key in p["columns"]:
-                if key not in (*NON_ROLE_KEYS, "id", "status", "queued_at", "started_at", "finished_at",
-                               "heartbeat_at", "due_at", "kind", "error",
-                               "records_total", "records_failed", "refine"):
+                if key not in (
+                    *NON_ROLE_KEYS,
+                    "id",
+                    "status",
+                    "queued_at",
+                    "started_at",
+                    "finished_at",
+                    "heartbeat_at",
+                    "due_at",
+                    "kind",
+                    "error",
+                    "records_total",
+                    "records_failed",
+                    "refine",
+                ):
                     problems.append(f"unknown role {key}")
     finally:
         with engine.begin() as conn:
@@ -353,8 +471,12 @@ def check_dialect(p: dict[str, Any], dialect: str, url: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only")
-    ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    ap.add_argument("--mysql", default="mysql+pymysql://root@127.0.0.1:3306/test")
+    ap.add_argument(
+        "--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    ap.add_argument(
+        "--mysql", default="mysql+pymysql://root@127.0.0.1:3306/test"
+    )
     ap.add_argument("--no-pg", action="store_true")
     ap.add_argument("--no-mysql", action="store_true")
     args = ap.parse_args(argv)
@@ -370,8 +492,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if dialect == "mysql" and args.no_mysql:
                 continue
-            url = {"postgresql": args.pg, "mysql": args.mysql,
-                   "sqlite": f"sqlite:///{tmp.name}/{p['name']}.db"}[dialect]
+            url = {
+                "postgresql": args.pg,
+                "mysql": args.mysql,
+                "sqlite": f"sqlite:///{tmp.name}/{p['name']}.db",
+            }[dialect]
             try:
                 problems += check_dialect(p, dialect, url)
             except Exception as exc:  # report and go on with the next preset
