@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import threading
+import weakref
 from typing import Any
 
 from opentelemetry.metrics import Counter, Histogram, Meter
@@ -70,6 +72,7 @@ class EventRecorder:
         self._states: dict[str, _StateHandle] = {}
         self._stores: dict[str, _StoreEvents] = {}
         self._lock = threading.Lock()
+        _watch_forks(self)
 
     def after_read(self, store: BatchStore, engine: Engine) -> None:
         """Claim and record the store's settled finished rows; never raises."""
@@ -83,6 +86,14 @@ class EventRecorder:
         with self._lock:
             for handle in self._states.values():
                 handle.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's pooled connections must not be used or closed here
+        # (SQLAlchemy's advice for os.fork); the child opens its own.
+        self._lock = threading.Lock()
+        for handle in self._states.values():
+            if handle.state is not None:
+                handle.state.engine.dispose(close=False)
 
     def _events_for(self, store: BatchStore) -> _StoreEvents:
         with self._lock:
@@ -98,6 +109,23 @@ class EventRecorder:
                 )
                 self._stores[store.name] = events
             return events
+
+
+_recorders: weakref.WeakSet[EventRecorder] = weakref.WeakSet()
+_fork_hook_lock = threading.Lock()
+
+
+def _watch_forks(recorder: EventRecorder) -> None:
+    with _fork_hook_lock:
+        if not _recorders and not getattr(_watch_forks, "hooked", False):
+            os.register_at_fork(after_in_child=_reset_in_child)
+            _watch_forks.hooked = True  # type: ignore[attr-defined]
+        _recorders.add(recorder)
+
+
+def _reset_in_child() -> None:
+    for recorder in list(_recorders):
+        recorder._after_fork_in_child()
 
 
 class _Instruments:
