@@ -139,6 +139,9 @@ class Reader:
             "compat_names": self.take(
                 data, "compat_names", "", boolean, False
             ),
+            "leader_election": self.take(
+                data, "leader_election", "", boolean, None
+            ),
         }
 
     def check_schedule(

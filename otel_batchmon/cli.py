@@ -8,6 +8,7 @@ Errors are one line on stderr; ``--debug`` adds tracebacks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -188,6 +189,9 @@ def _print_summary(
 
 
 def _serve(config: MonitorConfig, telemetry: Telemetry) -> int:
+    if config.leader_election is None:
+        # A long-running monitor is often one of several replicas.
+        config = dataclasses.replace(config, leader_election=True)
     monitor = BatchMonitor(config, telemetry.provider)
     failures = monitor.refresher.check_mapping()
     # A wrong mapping will not fix itself; an unreachable database might,

@@ -69,6 +69,7 @@ MONITOR_KEYS = (
     "backfill",
     "event_page_size",
     "compat_names",
+    "leader_election",
 )
 
 
@@ -146,6 +147,9 @@ class MonitorConfig:
     backfill_seconds: float = 0.0
     event_page_size: int = 1000
     compat_names: bool = False
+    # None lets the caller decide: `run` and the instrumentor elect a
+    # leader (replicas are likely), a library monitor and `--once` do not.
+    leader_election: bool | None = None
 
 
 def load_config(

@@ -178,6 +178,14 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         ("batch.store",),
     ),
     InstrumentSpec(
+        "batchmon.leader",
+        _G,
+        "{leader}",
+        "1 while this instance reports the store's database-wide data "
+        "(it holds the leader lease, or leader election is off), else 0.",
+        ("batch.store",),
+    ),
+    InstrumentSpec(
         "batchmon.rows.invalid",
         _G,
         "{row}",

@@ -130,6 +130,13 @@ class BatchMonitor:
             age.unit,
             age.description,
         )
+        leader = spec("batchmon.leader")
+        meter.create_observable_gauge(
+            leader.name,
+            [self._guarded(leader.name, self._leader_points)],
+            leader.unit,
+            leader.description,
+        )
         duration = spec("batchmon.refresh.duration")
         assert duration.kind is InstrumentKind.HISTOGRAM
         self._refresh_duration = meter.create_histogram(
@@ -166,7 +173,8 @@ class BatchMonitor:
     def _fresh(self) -> Iterator[tuple[str, StoreSnapshot]]:
         stale_after = self.config.stale_after_seconds
         for name, (snapshot, age) in self.refresher.latest().items():
-            if snapshot is not None and age <= stale_after:
+            leads = self.refresher.leads(name)
+            if snapshot is not None and age <= stale_after and leads:
                 yield name, snapshot
 
     def _snapshot_points(self, name: str) -> Iterator[Observation]:
@@ -174,6 +182,11 @@ class BatchMonitor:
         for store, snapshot in self._fresh():
             for value, attributes in read(snapshot):
                 yield Observation(value, {"batch.store": store, **attributes})
+
+    def _leader_points(self, _name: str) -> Iterator[Observation]:
+        for store in self.refresher.latest():
+            leads = 1 if self.refresher.leads(store) else 0
+            yield Observation(leads, {"batch.store": store})
 
     def _age_points(self, _name: str) -> Iterator[Observation]:
         for store, (_snapshot, age) in self.refresher.latest().items():

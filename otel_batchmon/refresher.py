@@ -8,8 +8,10 @@ only read the latest snapshot.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from otel_batchmon._engine import (
 from otel_batchmon._suppress import suppress_instrumentation
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.errors import ConfigError
+from otel_batchmon.leader import Leadership, lock_for
 from otel_batchmon.snapshot import StoreSnapshot
 from otel_batchmon.store import BatchStore
 
@@ -93,8 +96,42 @@ class Refresher:
         }
         self.started_at = clock()
         self._stop = threading.Event()
+        # Set to end a wait early: on stop, and when this instance becomes
+        # a store's leader and should refresh it at once.
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._leaders = self._leaderships(config, clock)
+        _reset_after_fork(self)
+
+    def _leaderships(
+        self, config: MonitorConfig, clock: Callable[[], float]
+    ) -> dict[str, Leadership]:
+        if not config.leader_election:
+            return {}
+        # Half an interval keeps a takeover (lock freed, grace waited,
+        # first refresh) within two refresh intervals of a leader's death.
+        lease = max(0.05, config.refresh_interval_seconds / 2)
+        return {
+            s.name: Leadership(
+                lock_for(s, config.connect_timeout_seconds),
+                lease,
+                clock,
+                on_change=self._leader_changed,
+            )
+            for s in config.stores
+        }
+
+    def leads(self, store: str) -> bool:
+        """Tell whether this instance may report the store right now."""
+        leadership = self._leaders.get(store)
+        return leadership is None or leadership.valid()
+
+    def _leader_changed(self, leading: bool) -> None:
+        if leading:
+            for state in self._states.values():
+                state.due = 0.0
+            self._wake.set()
 
     @property
     def stores(self) -> Sequence[BatchStore]:
@@ -106,17 +143,22 @@ class Refresher:
         if self._thread and self._thread.is_alive():
             return
         self._stop.clear()
+        for leadership in self._leaders.values():
+            leadership.start()
         self._thread = threading.Thread(
             target=self._run, name="otel-batchmon-refresher", daemon=True
         )
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the thread and close the engines."""
+        """Stop the thread, give up leadership and close the engines."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        for leadership in self._leaders.values():
+            leadership.stop(timeout)
         for state in self._states.values():
             state.engine.dispose()
 
@@ -143,14 +185,42 @@ class Refresher:
             for name, state in self._states.items()
         }
 
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist in the child and its locks
+        # may have been held at the fork; its pooled connections belong to
+        # the parent, so the pools are replaced without closing them
+        # (SQLAlchemy's advice for os.fork), and a monitor that was
+        # running starts its own thread here. A fork in the middle of the
+        # parent's bind leaves a half-bound store, so each store binds
+        # again on the child's own first connection.
+        was_running = self._thread is not None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = None
+        for state in self._states.values():
+            state.engine.dispose(close=False)
+            state.store.bound = None
+            state.due = 0.0
+        if was_running:
+            self.start()
+
     def _run(self) -> None:
+        interval = self.config.refresh_interval_seconds
         while not self._stop.is_set():
             now = time.monotonic()
-            for state in self._states.values():
-                if state.due <= now and not self._stop.is_set():
+            for name, state in self._states.items():
+                if state.due > now or self._stop.is_set():
+                    continue
+                if self.leads(name):
                     self._refresh(state)
+                else:
+                    # A follower reads nothing; it refreshes as soon as it
+                    # becomes the leader (see _leader_changed).
+                    state.due = now + interval
             due = min(s.due for s in self._states.values())
-            self._stop.wait(max(0.0, due - time.monotonic()))
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
 
     def _refresh(self, state: _StoreState) -> RefreshOutcome:
         with self._lock:
@@ -223,3 +293,21 @@ class Refresher:
         state.last_failure = failure
         backoff = min(2 ** (state.failures - 1), _MAX_BACKOFF_INTERVALS)
         state.due = time.monotonic() + interval * backoff
+
+
+def _reset_after_fork(refresher: Refresher) -> None:
+    # A weak reference, so that a refresher nobody uses any more is not
+    # kept alive by the interpreter's fork hooks.
+    reference = weakref.ref(refresher)
+
+    def after_in_child() -> None:
+        alive = reference()
+        if alive is None:
+            return
+        try:
+            alive._after_fork_in_child()
+        except Exception:
+            _log.exception("refresher could not restart after fork")
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=after_in_child)
