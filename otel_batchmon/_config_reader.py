@@ -114,6 +114,9 @@ class Reader:
             shutdown_timeout_seconds=self.take(
                 data, "shutdown_timeout", "", positive_duration, 10.0
             ),
+            health_address=self.take(
+                data, "health_address", "", _health_address, None
+            ),
             **self.events(data),
         )
         self.check_schedule(config, data)
@@ -304,3 +307,18 @@ class _StoreReader:
                 values.append(value)
             mapping[canonical] = tuple(values)
         return mapping
+
+
+def _health_address(value: object) -> tuple[str, int] | None:
+    """Parse ``HOST:PORT`` (``[::1]:8081`` for IPv6); empty means off."""
+    text = value.strip() if isinstance(value, str) else None
+    if text == "":
+        return None
+    host, _, port = (text or "").rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host and port.isdigit() and 1 <= int(port) <= 65535:
+        return host, int(port)
+    raise ValueError(
+        f"{value!r} is not an address to listen on; write HOST:PORT "
+        "with a port from 1 to 65535, like 127.0.0.1:8081"
+    )

@@ -22,6 +22,7 @@ from typing import TextIO
 from otel_batchmon._engine import mask_text
 from otel_batchmon.config import MonitorConfig, load_config, parse_config
 from otel_batchmon.errors import BatchmonError, ConfigError, StoreError
+from otel_batchmon.health import HealthServer
 from otel_batchmon.monitor import BatchMonitor
 from otel_batchmon.refresher import RefreshOutcome
 from otel_batchmon.telemetry import Telemetry, build_telemetry
@@ -206,6 +207,7 @@ def _serve(config: MonitorConfig, telemetry: Telemetry) -> int:
         raise StoreError("; ".join(problems))
     stop = threading.Event()
     _on_signals(stop)
+    health = _health_server(monitor, config)
     monitor.start()
     _log.info(
         "monitoring %s; exporting to %s",
@@ -215,11 +217,24 @@ def _serve(config: MonitorConfig, telemetry: Telemetry) -> int:
     try:
         stop.wait()
     finally:
+        if health is not None:
+            health.stop()
         # One budget for the whole shutdown, not one per step.
         deadline = time.monotonic() + config.shutdown_timeout_seconds
         monitor.stop(config.shutdown_timeout_seconds)
         _shutdown_within(telemetry, max(0.0, deadline - time.monotonic()))
     return EXIT_OK
+
+
+def _health_server(
+    monitor: BatchMonitor, config: MonitorConfig
+) -> HealthServer | None:
+    # Bound before the monitor starts, so a taken port fails fast (exit 2).
+    if config.health_address is None:
+        return None
+    server = HealthServer(monitor, config.health_address)
+    server.start()
+    return server
 
 
 def _on_signals(stop: threading.Event) -> None:

@@ -70,6 +70,7 @@ MONITOR_KEYS = (
     "event_page_size",
     "compat_names",
     "leader_election",
+    "health_address",
 )
 
 
@@ -150,6 +151,8 @@ class MonitorConfig:
     # None lets the caller decide: `run` and the instrumentor elect a
     # leader (replicas are likely), a library monitor and `--once` do not.
     leader_election: bool | None = None
+    # (host, port) of the /livez and /readyz endpoint; None serves none.
+    health_address: tuple[str, int] | None = None
 
 
 def load_config(

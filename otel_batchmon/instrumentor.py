@@ -13,6 +13,7 @@ logged as one error and never stops the host application.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -107,27 +108,31 @@ def _settings(
 def _start(
     config: MonitorConfig, provider: MeterProvider | None
 ) -> tuple[BatchMonitor | None, HealthServer | None]:
+    if config.leader_election is None:
+        # An instrumented app usually runs as several replicas or workers;
+        # one of them reports each store's database-wide data.
+        config = dataclasses.replace(config, leader_election=True)
     # The host application must start whatever happens here, so every
     # failure becomes one log record instead of an exception.
+    monitor: BatchMonitor | None = None
     try:
         monitor = BatchMonitor(config, provider)
-    except BatchmonError as exc:
-        _log.error("otel_batchmon not started: %s", mask_text(str(exc)))
+        monitor.start()
+    except Exception as exc:
+        if monitor is not None:
+            monitor.stop(0)
+        if isinstance(exc, BatchmonError):
+            _log.error("otel_batchmon not started: %s", mask_text(str(exc)))
+        else:
+            _log.exception("otel_batchmon not started: unexpected error")
         return None, None
-    except Exception:
-        _log.exception("otel_batchmon not started: unexpected error")
-        return None, None
-    monitor.start()
     return monitor, _start_health(monitor)
 
 
 def _start_health(monitor: BatchMonitor) -> HealthServer | None:
-    address: tuple[str, int] | None = getattr(
-        monitor.config, "health_address", None
-    )
-    if address is None:
+    if monitor.config.health_address is None:
         return None
-    server = HealthServer(monitor, address)
+    server = HealthServer(monitor, monitor.config.health_address)
     try:
         server.start()
     except BatchmonError as exc:
