@@ -33,10 +33,15 @@ _REQUEST_TIMEOUT_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Readiness:
-    """Whether every store is fresh; ``stale`` maps the others to ages."""
+    """Whether every store is fresh; ``stale`` maps the others to ages.
+
+    ``following`` names the stores another replica leads: this process
+    does not read them, so they do not make it unready.
+    """
 
     ready: bool
     stale: dict[str, float] = field(default_factory=dict)
+    following: tuple[str, ...] = ()
 
     def body(self) -> bytes:
         """The JSON document ``/readyz`` answers with."""
@@ -46,18 +51,23 @@ class Readiness:
         if self.stale:
             document["stale_stores"] = sorted(self.stale)
             document["seconds_since_good_refresh"] = self.stale
+        if self.following:
+            document["following"] = list(self.following)
         return json.dumps(document, sort_keys=True).encode() + b"\n"
 
 
 def readiness(monitor: BatchMonitor) -> Readiness:
-    """Tell whether every store had a good refresh within stale_after."""
+    """Tell whether every store this process leads was read recently."""
     stale_after = monitor.config.stale_after_seconds
+    refresher = monitor.refresher
+    latest = refresher.latest()
+    following = tuple(sorted(n for n in latest if not refresher.leads(n)))
     stale = {
         name: round(age, 3)
-        for name, (snapshot, age) in monitor.refresher.latest().items()
-        if snapshot is None or age > stale_after
+        for name, (snapshot, age) in latest.items()
+        if name not in following and (snapshot is None or age > stale_after)
     }
-    return Readiness(not stale, stale)
+    return Readiness(not stale, stale, following)
 
 
 class HealthServer:

@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import insert, text
 
 from otel_batchmon import BatchMonitor, ConfigError, parse_config
-from otel_batchmon.health import HealthServer
+from otel_batchmon.health import HealthServer, Readiness
 from otel_batchmon.tables import default_batch_table
 from tests._processes import clean_env, free_port, poll, port_open, running
 from tests.conftest import Database
@@ -225,3 +225,42 @@ def test_run_refuses_a_taken_health_port_with_exit_2(
         f"127.0.0.1:{port}: cannot listen there (Address already in use); "
         "choose a free port or another address"
     ]
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_a_follower_is_ready_and_names_the_store_it_follows(
+    db: Database,
+) -> None:
+    from otel_batchmon.health import readiness
+
+    config = parse_config(
+        {
+            "database_url": db.url,
+            "table": _table(db),
+            "name": "imports",
+            "refresh_interval": "100ms",
+            "stale_after": "300ms",
+            "leader_election": True,
+        }
+    )
+    first = BatchMonitor(config, MeterProvider([InMemoryMetricReader()]))
+    second = BatchMonitor(config, MeterProvider([InMemoryMetricReader()]))
+    first.start()
+    second.start()
+    try:
+        states = poll(
+            lambda: _one_ready_leader(readiness(first), readiness(second)),
+            "one leader with a fresh refresh",
+        )
+        assert sorted(s.following for s in states) == [(), ("imports",)]
+        assert all(s.ready and s.stale == {} for s in states)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _one_ready_leader(*states: Readiness) -> tuple[Readiness, ...] | None:
+    leaders = [s for s in states if not s.following]
+    return (
+        states if len(leaders) == 1 and all(s.ready for s in states) else None
+    )
