@@ -16,10 +16,13 @@ from otel_batchmon._config_values import (
     database_url,
     identifier,
     non_negative_duration,
+    optional_duration,
     page_size,
     positive_duration,
     signed_duration,
     store_name,
+    streak_length,
+    stuck_action,
     stuck_statuses,
     table_name,
     table_prefix,
@@ -33,6 +36,7 @@ from otel_batchmon.config import (
     MONITOR_KEYS,
     OPTIONAL_ROLES,
     STORE_KEYS,
+    AlertConfig,
     ColumnMap,
     MonitorConfig,
     StoreConfig,
@@ -254,8 +258,52 @@ class _StoreReader:
                 data, "stuck_after", w, positive_duration, 4 * 3600.0
             ),
             timezone=r.take(data, "timezone", w, timezone, "UTC"),
+            alerts=self.alerts(data),
         )
         return store if len(r.problems) == before else None
+
+    def alerts(self, data: Mapping[str, Any]) -> AlertConfig:
+        r, w = self.reader, self.where
+        by_kind = data.get("stuck_after_by_kind", {})
+        thresholds: dict[str, float] = {}
+        if not isinstance(by_kind, dict):
+            r.fail(f"{w}stuck_after_by_kind", by_kind, "must be kind = 4h")
+            by_kind = {}
+        for kind in by_kind:
+            thresholds[str(kind)] = r.take(
+                by_kind,
+                kind,
+                f"{w}stuck_after_by_kind.",
+                positive_duration,
+                0.0,
+            )
+        stuck = data.get("stuck", {})
+        if not isinstance(stuck, dict):
+            r.fail(f"{w}stuck", stuck, "must be a table: action, after")
+            stuck = {}
+        r.unknown_keys(stuck, ("action", "after", "dry_run"), f"{w}stuck")
+        action = r.take(stuck, "action", f"{w}stuck.", stuck_action, "none")
+        after = r.take(stuck, "after", f"{w}stuck.", positive_duration, None)
+        if action == "fail" and after is None:
+            r.problems.append(
+                f'{w}stuck.after: missing; stuck.action = "fail" needs '
+                "the age (longer than stuck_after) past which to fail"
+            )
+        return AlertConfig(
+            stuck_after_by_kind=thresholds,
+            no_success_within_seconds=r.take(
+                data, "no_success_within", w, optional_duration, None
+            ),
+            failure_streak=r.take(data, "failure_streak", w, streak_length, 0),
+            renotify_every_seconds=r.take(
+                data, "renotify_every", w, optional_duration, None
+            ),
+            stuck_action=action,
+            stuck_action_after_seconds=after,
+            stuck_action_dry_run=r.take(
+                stuck, "dry_run", f"{w}stuck.", boolean, True
+            ),
+        )
 
     def columns(self, data: object) -> ColumnMap:
         where = f"{self.where}columns"

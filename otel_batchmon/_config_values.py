@@ -16,10 +16,13 @@ __all__ = [
     "database_url",
     "identifier",
     "non_negative_duration",
+    "optional_duration",
     "page_size",
     "positive_duration",
     "signed_duration",
     "store_name",
+    "streak_length",
+    "stuck_action",
     "stuck_statuses",
     "table_name",
     "table_prefix",
@@ -162,3 +165,28 @@ def timezone(value: object) -> str:
             "Europe/Berlin or a fixed offset like +02:00"
         ) from None
     return value
+
+
+def optional_duration(value: object) -> float | None:
+    if value is False or (
+        isinstance(value, str)
+        and value.lower() in ("", "false", "off", "none")
+    ):
+        return None
+    return positive_duration(value)
+
+
+def streak_length(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number of batches")
+    if not 0 <= value <= 1000:
+        raise ValueError(f"{value} must be between 0 (off) and 1000")
+    return value
+
+
+def stuck_action(value: object) -> str:
+    if value not in ("none", "fail"):
+        raise ValueError(f"{value!r} is not an action; use none or fail")
+    return str(value)

@@ -1,7 +1,8 @@
 """The ``otel-batchmon`` command.
 
 Exit codes: 0 success; 1 metrics could not be exported; 2 bad
-configuration or usage; 3 the database could not be read; 130 interrupted.
+configuration or usage; 3 the database could not be read; 4 ``stuck
+resolve`` left the batch unchanged (no longer stuck); 130 interrupted.
 Errors are one line on stderr; ``--debug`` adds tracebacks.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from otel_batchmon._cli_stuck import add_stuck_commands, list_stuck, resolve
 from otel_batchmon._engine import mask_text
 from otel_batchmon.config import MonitorConfig, load_config, parse_config
 from otel_batchmon.errors import BatchmonError, ConfigError, StoreError
@@ -118,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         help="validate settings, mapping, status values and indexes",
     )
     check.set_defaults(handler=_check)
+    add_stuck_commands(commands, common, _stuck)
     return parser
 
 
@@ -291,6 +294,13 @@ def _init_db(args: argparse.Namespace) -> int:
     for line in create_tables(config):
         print(line)
     return EXIT_OK
+
+
+def _stuck(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.stuck_command == "list":
+        return list_stuck(config, args.json, sys.stdout)
+    return resolve(config, args, sys.stdout)
 
 
 def _check(args: argparse.Namespace) -> int:

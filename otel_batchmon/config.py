@@ -53,6 +53,11 @@ STORE_KEYS = (
     "window",
     "stuck_after",
     "timezone",
+    "stuck_after_by_kind",
+    "no_success_within",
+    "failure_streak",
+    "renotify_every",
+    "stuck",
 )
 MONITOR_KEYS = (
     "refresh_interval",
@@ -100,6 +105,24 @@ class ColumnMap:
 
 
 @dataclass(frozen=True)
+class AlertConfig:
+    """When a store's incidents open, and what may be done about them.
+
+    ``stuck_action = "fail"`` marks batches stuck past
+    ``stuck_action_after_seconds`` as failed; with ``stuck_action_dry_run``
+    (the default) it only says what it would change.
+    """
+
+    stuck_after_by_kind: Mapping[str, float] = field(default_factory=dict)
+    no_success_within_seconds: float | None = None
+    failure_streak: int = 0
+    renotify_every_seconds: float | None = None
+    stuck_action: str = "none"
+    stuck_action_after_seconds: float | None = None
+    stuck_action_dry_run: bool = True
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """One monitored batch table and how to read it."""
 
@@ -122,6 +145,7 @@ class StoreConfig:
     window_seconds: float = 24 * 3600.0
     stuck_after_seconds: float = 4 * 3600.0
     timezone: str = "UTC"
+    alerts: AlertConfig = field(default_factory=lambda: AlertConfig())
 
     @property
     def qualified_table(self) -> str:

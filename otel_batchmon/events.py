@@ -28,14 +28,12 @@ from sqlalchemy.engine import Engine
 from otel_batchmon._attributes import AttributeSetCap
 from otel_batchmon._engine import classify
 from otel_batchmon._event_rows import FinishedRow, RowQuery
+from otel_batchmon._state_handle import StateHandle
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.instruments import spec
 from otel_batchmon.state import (
-    StateError,
     StateStore,
-    StateUnavailable,
     Watermark,
-    create_state_engine,
 )
 from otel_batchmon.store import BatchStore
 
@@ -66,10 +64,17 @@ class EventRecorder:
     ``after_read`` is what the refresher calls after a good gauge read.
     """
 
-    def __init__(self, config: MonitorConfig, meter: Meter) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        meter: Meter,
+        handles: dict[str, StateHandle] | None = None,
+    ) -> None:
         self.config = config
         self.instruments = _Instruments(meter)
-        self._states: dict[str, _StateHandle] = {}
+        # Shared with the alert evaluator: one state database, one engine,
+        # one warning when it cannot be written.
+        self._states = {} if handles is None else handles
         self._stores: dict[str, _StoreEvents] = {}
         self._lock = threading.Lock()
         _watch_forks(self)
@@ -102,7 +107,7 @@ class EventRecorder:
                 url = self.config.state_url or store.config.database_url
                 handle = self._states.get(url)
                 if handle is None:
-                    handle = _StateHandle(url, self.config)
+                    handle = StateHandle(url, self.config)
                     self._states[url] = handle
                 events = _StoreEvents(
                     store, handle, self.config, self.instruments
@@ -154,71 +159,13 @@ def _histogram(meter: Meter, name: str) -> Histogram:
     )
 
 
-class _StateHandle:
-    """One state database, opened once, or off for good when unwritable."""
-
-    def __init__(self, url: str, config: MonitorConfig) -> None:
-        self.url = url
-        self.config = config
-        self.state: StateStore | None = None
-        self.off = False
-        self.opened = False
-        self._last_problem: str | None = None
-
-    def ready(self) -> StateStore | None:
-        if self.off:
-            return None
-        if self.opened:
-            return self.state
-        try:
-            if self.state is None:
-                self.state = StateStore(
-                    create_state_engine(
-                        self.url,
-                        self.config.statement_timeout_seconds,
-                        self.config.connect_timeout_seconds,
-                    ),
-                    self.config.state_table_prefix,
-                )
-            self.state.open()
-        except StateUnavailable as exc:
-            self._turn_off(
-                "%s; events (batch.finished, batch.duration, ...) are off, "
-                "the gauges keep working; grant this account CREATE, "
-                "INSERT, UPDATE and DELETE there or point state_url at a "
-                "writable database",
-                exc,
-            )
-            return None
-        except StateError as exc:
-            self._turn_off("%s; events are off", exc)
-            return None
-        except Exception as exc:
-            problem = classify(exc).message
-            if problem != self._last_problem:
-                self._last_problem = problem
-                _log.warning("events wait for the state database: %s", problem)
-            return None
-        self.opened = True
-        return self.state
-
-    def _turn_off(self, message: str, exc: Exception) -> None:
-        self.off = True
-        _log.warning(message, exc)
-        self.close()
-
-    def close(self) -> None:
-        if self.state is not None:
-            self.state.close()
-
-
 class _StoreEvents:
     """The claim loop, recount and recording of one store."""
 
     def __init__(
         self,
         store: BatchStore,
-        handle: _StateHandle,
+        handle: StateHandle,
         config: MonitorConfig,
         instruments: _Instruments,
     ) -> None:

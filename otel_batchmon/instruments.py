@@ -156,6 +156,23 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         ("batch.store", "batch.record.outcome", "batch.source"),
     ),
     InstrumentSpec(
+        "batch.alerts",
+        _C,
+        "{alert}",
+        "Alert incidents opened and resolved, once per transition "
+        "(stuck, no_success, failure_streak).",
+        ("batch.store", "alert.type", "alert.state"),
+        ("batch_alerts_total",),
+    ),
+    InstrumentSpec(
+        "batchmon.stuck.actions",
+        _C,
+        "{batch}",
+        "Stuck batches the configured action changed, or would change in "
+        "a dry run, once per batch.",
+        ("batch.store", "batchmon.action", "batchmon.dry_run"),
+    ),
+    InstrumentSpec(
         "batchmon.refresh.duration",
         _H,
         "s",

@@ -15,13 +15,17 @@ from opentelemetry.metrics import (
     Observation,
     get_meter,
 )
+from sqlalchemy.engine import Engine
 
+from otel_batchmon._state_handle import StateHandle
+from otel_batchmon.alerts import AlertEvaluator
 from otel_batchmon.compat import register_compat_gauges
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.events import EventRecorder
 from otel_batchmon.instruments import CATALOGUE, InstrumentKind, spec
 from otel_batchmon.refresher import Refresher, RefreshOutcome
 from otel_batchmon.snapshot import StoreSnapshot
+from otel_batchmon.store import BatchStore
 from otel_batchmon.version import __version__
 
 __all__ = ["BatchMonitor"]
@@ -79,14 +83,16 @@ class BatchMonitor:
         self._meter = get_meter(
             "otel_batchmon", __version__, meter_provider=meter_provider
         )
+        self._handles: dict[str, StateHandle] = {}
+        handles = self._handles
         self.events = (
-            EventRecorder(config, self._meter) if config.events else None
+            EventRecorder(config, self._meter, handles)
+            if config.events
+            else None
         )
+        self.alerts = AlertEvaluator(config, self._meter, handles)
         self.refresher = Refresher(
-            config,
-            self._record,
-            clock,
-            after_read=self.events.after_read if self.events else None,
+            config, self._record, clock, after_read=self._after_read
         )
         self._active = False
         self._failed_callbacks: set[str] = set()
@@ -104,6 +110,9 @@ class BatchMonitor:
         self.refresher.stop(timeout)
         if self.events is not None:
             self.events.close()
+        self.alerts.close()
+        for handle in self._handles.values():
+            handle.close()
 
     def refresh_now(self) -> list[RefreshOutcome]:
         """Refresh every store on this thread and return the outcomes."""
@@ -113,6 +122,12 @@ class BatchMonitor:
     def snapshots(self) -> dict[str, StoreSnapshot]:
         """The current (fresh, not stale) snapshot of each store."""
         return dict(self._fresh())
+
+    def _after_read(self, store: BatchStore, engine: Engine) -> None:
+        # Both steps log and swallow their own failures.
+        if self.events is not None:
+            self.events.after_read(store, engine)
+        self.alerts.after_read(store, engine)
 
     def _register(self, meter: Meter) -> None:
         for entry in CATALOGUE:

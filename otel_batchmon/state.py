@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     and_,
     delete,
     func,
@@ -48,7 +49,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Concurrent first starts may race on CREATE TABLE; each retry sees more.
 _ATTEMPTS = 5
 _ID_LENGTH = 255
@@ -109,6 +110,21 @@ class _Tables:
             Column("row_count", Integer, nullable=False),
             Column("claimed_us", BigInteger, nullable=False),
         )
+        # One row per alert incident, kept after it resolves so a stuck
+        # batch (keyed by id and start) never opens a second incident.
+        self.incident = Table(
+            f"{prefix}incident",
+            metadata,
+            Column("store", String(64), primary_key=True),
+            Column("alert_type", String(32), primary_key=True),
+            Column("incident_key", String(_ID_LENGTH), primary_key=True),
+            Column("opened_us", BigInteger, primary_key=True),
+            Column("notified_us", BigInteger, nullable=False),
+            Column("resolved_us", BigInteger),
+            Column("resolution", String(32)),
+            Column("reason", Text),
+            Column("details", Text),
+        )
 
 
 def _migrate_to_1(connection: Connection, tables: _Tables) -> None:
@@ -116,9 +132,14 @@ def _migrate_to_1(connection: Connection, tables: _Tables) -> None:
     tables.claim.create(connection, checkfirst=True)
 
 
+def _migrate_to_2(connection: Connection, tables: _Tables) -> None:
+    tables.incident.create(connection, checkfirst=True)
+
+
 # Migration n brings the schema from version n - 1 to n.
 _MIGRATIONS: tuple[Callable[[Connection, _Tables], None], ...] = (
     _migrate_to_1,
+    _migrate_to_2,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -285,6 +306,7 @@ class StateStore:
         """Drop every state table of this prefix (tests, uninstall)."""
         with self._begin() as connection:
             for table in (
+                self.tables.incident,
                 self.tables.claim,
                 self.tables.watermark,
                 self.tables.version,

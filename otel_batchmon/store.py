@@ -83,6 +83,7 @@ class BatchStore:
         self.bound: BoundTable | None = None
         self.statuses = StatusMap(config.statuses)
         self._time: TimeSql | None = None
+        self.last_snapshot: StoreSnapshot | None = None
         self._statement: Select[Any] | None = None
 
     @property
@@ -118,7 +119,23 @@ class BatchStore:
             ),
         }
         rows = connection.execute(self._statement, params).all()
-        return self.statuses.snapshot(self.config, rows)
+        snapshot = self.statuses.snapshot(self.config, rows)
+        self.last_snapshot = snapshot
+        return snapshot
+
+    def time_sql(self) -> TimeSql:
+        """The dialect's time expressions for this bound store."""
+        if self._time is None:
+            raise StoreError(f"store {self.name!r} is not bound to a table")
+        return self._time
+
+    def table_clause(self) -> Any:
+        """The mapped table as a SQLAlchemy table clause (bound stores)."""
+        return self._table(self._require_bound())
+
+    def shift(self, seconds: float) -> float | int:
+        """The bound value for the database clock moved by ``seconds``."""
+        return self.time_sql().parameter(self.clock_offset_seconds + seconds)
 
     def status_values(self, connection: Connection) -> dict[str, int]:
         """Count the rows of every distinct status value in the table."""
