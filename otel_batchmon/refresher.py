@@ -299,8 +299,27 @@ def _reset_after_fork(refresher: Refresher) -> None:
     # A weak reference, so that a refresher nobody uses any more is not
     # kept alive by the interpreter's fork hooks.
     reference = weakref.ref(refresher)
+    held: list[threading.Lock] = []
+
+    def before() -> None:
+        # A fork while this thread is inside SQLite copies SQLite's global
+        # mutex locked, and the child hangs at its first SQLite call (seen
+        # under gunicorn --preload). So a fork waits for the refresh under
+        # way, at most a statement timeout and a second.
+        alive = reference()
+        if alive is None:
+            return
+        lock = alive._lock
+        wait = alive.config.statement_timeout_seconds + 1.0
+        if lock.acquire(timeout=wait):
+            held.append(lock)
+
+    def after_in_parent() -> None:
+        while held:
+            held.pop().release()
 
     def after_in_child() -> None:
+        held.clear()
         alive = reference()
         if alive is None:
             return
@@ -310,4 +329,8 @@ def _reset_after_fork(refresher: Refresher) -> None:
             _log.exception("refresher could not restart after fork")
 
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_in_child)
+        os.register_at_fork(
+            before=before,
+            after_in_parent=after_in_parent,
+            after_in_child=after_in_child,
+        )

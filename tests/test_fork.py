@@ -354,7 +354,6 @@ def test_gunicorn_preload_workers_add_up_exactly(
     (tmp_path / "fork_app.py").write_text(_APP)
     (tmp_path / "gunicorn_conf.py").write_text(_GUNICORN_CONF)
     port = free_port()
-    requests = 24
     with grpc_receiver() as (endpoint, received):
         env = clean_env(
             OTEL_BATCHMON_DATABASE_URL=sqlite.url,
@@ -371,7 +370,8 @@ def test_gunicorn_preload_workers_add_up_exactly(
                 "gunicorn to answer",
                 alive=server.exited,
             )
-            answers = [_post(port) for _ in range(requests)]
+            answers = _until_four_workers_answered(port)
+            requests = len(answers)
             master = json.loads((tmp_path / "master.json").read_text())
             total = poll(
                 lambda: _total_if(received, requests),
@@ -379,14 +379,32 @@ def test_gunicorn_preload_workers_add_up_exactly(
                 alive=server.exited,
             )
             assert "Traceback" not in server.log()
-    assert total == {"requests.handled": 24.0, "batch.finished": 24.0}
+    assert total == {
+        "requests.handled": float(requests),
+        "batch.finished": float(requests),
+    }
     by_pid = {a["pid"]: a["refresher"] for a in answers}
+    assert len(by_pid) == 4
     assert master["pid"] not in by_pid
     assert all(a["alive"] for a in answers)
     assert master["refresher"] not in by_pid.values()
     assert len(set(by_pid.values())) == len(by_pid)
     counted = _per_instance(received, "requests.handled")
     assert len(counted) == len(by_pid)
+
+
+def _until_four_workers_answered(port: int) -> list[dict[str, Any]]:
+    """POST until every worker answered (a hung worker never does)."""
+    answers: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    for _ in range(400):
+        answers.append(_post(port))
+        if len({a["pid"] for a in answers}) == 4:
+            return answers
+        if time.monotonic() > deadline:
+            break
+    pids = sorted({a["pid"] for a in answers})
+    pytest.fail(f"only workers {pids} answered {len(answers)} requests")
 
 
 def _get_ok(port: int) -> bool | None:
