@@ -46,23 +46,28 @@ def stuck_batches(
     bound = store._require_bound()
     ts = store.time_sql()
     start = bound.times["started_at"]
+    queued = bound.times.get("queued_at")
     status: Any = column(bound.columns["status"])
     kind_name = bound.columns.get("kind")
     kind = column(kind_name) if kind_name else literal(None)
     raw = store.statuses.raw_values(store.config.stuck_statuses)
+    since = ts.epoch(start)
+    if queued is not None:
+        # A pending batch that never started is stuck by its queued time.
+        since = func.coalesce(ts.epoch(start), ts.epoch(queued))
     query = (
         select(
             column(bound.columns["id"]),
             cast(status, String(255)),
             cast(kind, String(255)),
-            ts.epoch(start),
+            since,
             start.column,
             ts.now_epoch("now_shift"),
         )
         .select_from(store.table_clause())
         .where(status.in_(raw))
-        .where(ts.value(start) < ts.at(start, "stuck_shift"))
-        .order_by(ts.value(start))
+        .where(store.stuck_condition())
+        .order_by(since)
         .limit(_STUCK_LIMIT)
     )
     params = {

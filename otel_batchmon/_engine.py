@@ -101,8 +101,12 @@ def _connect_args(
     backend, driver = url.get_backend_name(), url.get_driver_name()
     seconds = max(1, math.ceil(connect_timeout))
     if backend == "postgresql" and driver.startswith("psycopg"):
-        # libpq rounds anything under 2 seconds up to 2.
-        return {"connect_timeout": max(2, seconds)}
+        # libpq rounds anything under 2 seconds up to 2. The name lets a
+        # DBA tell the monitor's session apart (a URL's own wins).
+        args: dict[str, Any] = {"connect_timeout": max(2, seconds)}
+        if "application_name" not in url.query:
+            args["application_name"] = "otel-batchmon"
+        return args
     if backend in ("mysql", "mariadb") and driver in ("pymysql", "mysqldb"):
         return {"connect_timeout": seconds}
     if backend == "sqlite":
@@ -258,7 +262,16 @@ def classify(exc: BaseException) -> DatabaseFailure:
         return DatabaseFailure("connection", text)
     if not isinstance(exc, DBAPIError):
         return DatabaseFailure("internal", text)
-    if "connect" in lowered or "unable to open" in lowered:
+    if any(
+        marker in lowered
+        for marker in (
+            "connect",
+            "unable to open",
+            "translate host",
+            "name or service not known",
+            "nodename nor servname",
+        )
+    ):
         return DatabaseFailure("connection", text)
     return DatabaseFailure("query", text)
 

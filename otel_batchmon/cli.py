@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,6 +49,10 @@ class _ExportFailed(BatchmonError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     args = _parser().parse_args(argv)
+    if not args.debug:
+        # gRPC's C core logs every failed TLS handshake or connection on
+        # its own; the monitor reports failed exports itself, once.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     _configure_logging(args.debug)
     try:
         code: int = args.handler(args)
@@ -60,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_EXPORT, str(exc), args.debug)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader (`| head`) went away: nothing left to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _fail(code: int, message: str, debug: bool) -> int:
@@ -146,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _once(config: MonitorConfig, telemetry: Telemetry, out: TextIO) -> int:
+    # A failed refresh is reported once, in the error line below.
+    logging.getLogger("otel_batchmon.refresher").setLevel(logging.ERROR)
     monitor = BatchMonitor(config, telemetry.provider)
     try:
         outcomes = monitor.refresh_now()
@@ -279,8 +290,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _otlp_endpoint_set() -> bool:
-    import os
-
     return bool(
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
@@ -307,7 +316,12 @@ def _check(args: argparse.Namespace) -> int:
     from otel_batchmon.inspection import check_stores
 
     config = load_config(args.config)
-    return EXIT_OK if check_stores(config, sys.stdout) else EXIT_CONFIG
+    # Settings problems were raised above (exit 2); what check finds is in
+    # the database: a missing table or column, or no connection (exit 3,
+    # as `run` reports the same).
+    quiet = logging.getLogger("otel_batchmon.status")
+    quiet.setLevel(logging.ERROR)  # check lists unmapped values itself
+    return EXIT_OK if check_stores(config, sys.stdout) else EXIT_DATABASE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -223,7 +223,10 @@ class MetricsCollector:
         buckets: tuple[float, ...] | None,
     ) -> _Metric:
         full_name = f"{self._namespace}.{name}" if self._namespace else name
-        if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(full_name):
+        # The bare name must be valid too: "" under a namespace would
+        # otherwise become "shop.".
+        valid = isinstance(name, str) and _NAME_PATTERN.fullmatch(name)
+        if not valid or not _NAME_PATTERN.fullmatch(full_name):
             raise ValueError(_invalid_name_message(full_name, "metric name"))
         record: Callable[[float, Attributes], None]
         if kind is InstrumentKind.COUNTER:

@@ -187,7 +187,10 @@ def _report_statuses(
     if not unknown:
         print("  status values: all mapped", file=out)
         return
-    listed = ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(unknown.items()))
+    listed = ", ".join(
+        f"{'NULL' if v is None else repr(v)} ({n} rows)"
+        for v, n in sorted(unknown.items(), key=lambda item: str(item[0]))
+    )
     print(
         f"  status values not mapped (reported as 'other'): {listed}; "
         "map them under [statuses]",

@@ -50,6 +50,8 @@ class InstrumentSpec:
     kind: InstrumentKind
     unit: str
     description: str
+    # batch.kind is present only when the kind is known (a mapped kind
+    # column, or the kind given to track_batch).
     attributes: tuple[str, ...] = ()
     replaces: tuple[str, ...] = ()
     buckets: tuple[float, ...] | None = None
@@ -130,14 +132,14 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         _C,
         "{batch}",
         "Finished batches, counted once each.",
-        ("batch.store", "batch.status", "batch.source"),
+        ("batch.store", "batch.status", "batch.source", "batch.kind"),
     ),
     InstrumentSpec(
         "batch.duration",
         _H,
         "s",
         "Duration of each finished batch, from start to finish.",
-        ("batch.store", "batch.status", "batch.source"),
+        ("batch.store", "batch.status", "batch.source", "batch.kind"),
         buckets=BATCH_DURATION_BUCKETS,
     ),
     InstrumentSpec(
@@ -145,7 +147,7 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         _H,
         "s",
         "Time each batch waited between being queued and starting.",
-        ("batch.store", "batch.source"),
+        ("batch.store", "batch.source", "batch.kind"),
         buckets=BATCH_DURATION_BUCKETS,
     ),
     InstrumentSpec(
@@ -153,7 +155,12 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         _C,
         "{record}",
         "Records processed by finished batches, by outcome (ok, failed).",
-        ("batch.store", "batch.record.outcome", "batch.source"),
+        (
+            "batch.store",
+            "batch.record.outcome",
+            "batch.source",
+            "batch.kind",
+        ),
     ),
     InstrumentSpec(
         "batch.alerts",

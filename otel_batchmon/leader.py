@@ -124,7 +124,7 @@ class _SessionLock:
                 failure.message,
             )
             self.release()
-            return False
+            raise
 
     def _acquire(self) -> bool:
         if self._engine is None:
@@ -226,6 +226,7 @@ class Leadership:
         self._acquired_at: float | None = None
         self._confirmed_at: float | None = None
         self._was_valid = False
+        self.unreachable = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         _at_fork(self)
@@ -233,7 +234,15 @@ class Leadership:
     def renew(self) -> bool:
         """Try or confirm the lock once; return whether we lead now."""
         began = self._clock()
-        held = self._lock.hold()
+        try:
+            held = self._lock.hold()
+            self.unreachable = False
+        except Exception:
+            # Nobody can lead through a database we cannot reach; the
+            # refresher still tries its own reads so the failure shows in
+            # batchmon.refresh.errors.
+            held = False
+            self.unreachable = True
         if not held:
             self._acquired_at = self._confirmed_at = None
         else:

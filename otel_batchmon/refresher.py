@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -35,6 +36,7 @@ __all__ = ["RefreshOutcome", "Refresher"]
 _log = logging.getLogger(__name__)
 # Failed refreshes back off exponentially up to this many intervals.
 _MAX_BACKOFF_INTERVALS = 8
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,10 @@ class Refresher:
         leadership = self._leaders.get(store)
         return leadership is None or leadership.valid()
 
+    def _lock_unreachable(self, store: str) -> bool:
+        leadership = self._leaders.get(store)
+        return leadership is not None and leadership.unreachable
+
     def _leader_changed(self, leading: bool) -> None:
         if leading:
             for state in self._states.values():
@@ -212,7 +218,7 @@ class Refresher:
             for name, state in self._states.items():
                 if state.due > now or self._stop.is_set():
                     continue
-                if self.leads(name):
+                if self.leads(name) or self._lock_unreachable(name):
                     self._refresh(state)
                 else:
                     # A follower reads nothing; it refreshes as soon as it
@@ -280,7 +286,7 @@ class Refresher:
         failure = outcome.failure
         assert failure is not None
         state.failures += 1
-        if failure != state.last_failure:
+        if not _same_failure(failure, state.last_failure):
             _log.warning(
                 "store %s (%s): refresh failed (%s): %s",
                 name,
@@ -334,3 +340,15 @@ def _reset_after_fork(refresher: Refresher) -> None:
             after_in_parent=after_in_parent,
             after_in_child=after_in_child,
         )
+
+
+def _same_failure(
+    failure: DatabaseFailure, previous: DatabaseFailure | None
+) -> bool:
+    # Servers vary details such as "at character 1815" between attempts of
+    # one failure; compare without the numbers so it warns once.
+    if previous is None or failure.error_type != previous.error_type:
+        return False
+    return _DIGITS.sub("", failure.message) == _DIGITS.sub(
+        "", previous.message
+    )

@@ -109,7 +109,9 @@ def _statement(
             and_(
                 table.c[columns["id"]] == raw_id,
                 table.c[columns["status"]].in_(stuck),
-                table.c[columns["started_at"]] == raw_started,
+                table.c[columns["started_at"]].is_(None)
+                if raw_started is None
+                else table.c[columns["started_at"]] == raw_started,
             )
         )
         .values(values)

@@ -60,7 +60,12 @@ class StoreSnapshot:
             "  oldest processing: "
             f"{_show(self.processing_oldest_age_seconds)}",
             f"  oldest pending: {_show(self.pending_oldest_age_seconds)}",
-            f"  last success: {_show(self.last_success_age_seconds)} ago",
+            "  last success: "
+            + (
+                "none"
+                if self.last_success_age_seconds is None
+                else f"{self.last_success_age_seconds:.1f}s ago"
+            ),
         ]
         invalid = {k: v for k, v in self.invalid_rows.items() if v}
         if invalid:

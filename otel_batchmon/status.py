@@ -26,8 +26,16 @@ class StatusMap:
     per store and value.
     """
 
-    def __init__(self, mapping: Mapping[str, Sequence[str | int]]) -> None:
+    def __init__(
+        self,
+        mapping: Mapping[str, Sequence[str | int]],
+        case_insensitive: bool = False,
+    ) -> None:
         self.mapping = {k: tuple(v) for k, v in mapping.items()}
+        # Matching must agree with the SQL `status IN (...)` of the same
+        # refresh: exact on PostgreSQL and SQLite, but MySQL and MariaDB
+        # compare (and group) with a case-insensitive collation by default.
+        self.case_insensitive = case_insensitive
         self._exact = {
             str(value): canonical
             for canonical, values in self.mapping.items()
@@ -41,7 +49,9 @@ class StatusMap:
         """Return the canonical status of a raw value, or ``other``."""
         text = None if raw is None else str(raw)
         if text is not None:
-            found = self._exact.get(text) or self._folded.get(text.casefold())
+            found = self._exact.get(text)
+            if found is None and self.case_insensitive:
+                found = self._folded.get(text.casefold())
             if found:
                 return found
         with self._lock:
@@ -57,8 +67,12 @@ class StatusMap:
 
     def is_known(self, raw: object) -> bool:
         """Tell whether a raw value maps to a canonical status."""
+        if raw is None:
+            return False
         text = str(raw)
-        return text in self._exact or text.casefold() in self._folded
+        if self.case_insensitive:
+            return text.casefold() in self._folded
+        return text in self._exact
 
     def raw_values(self, canonicals: Iterable[str]) -> list[str | int]:
         """Every raw value that maps to one of ``canonicals``."""
@@ -87,7 +101,12 @@ class StatusMap:
             converted[canonical] = tuple(numbers)
         if problems:
             raise ConfigError(problems)
-        return StatusMap(converted)
+        return StatusMap(converted, self.case_insensitive)
+
+    def for_dialect(self, dialect: str) -> StatusMap:
+        """The same mapping, matching case as the dialect's SQL does."""
+        folding = dialect in ("mysql", "mariadb")
+        return StatusMap(self.mapping, folding)
 
     def snapshot(
         self, config: StoreConfig, rows: Sequence[Sequence[Any]]
@@ -126,7 +145,7 @@ class _Assembly:
                 continue
             status = self.statuses.canonical(raw, self.config.name)
             if status == OTHER:
-                self.unmapped.add(str(raw))
+                self.unmapped.add("NULL" if raw is None else repr(raw))
             if part == "w":
                 self.add_window(status, numbers)
             else:

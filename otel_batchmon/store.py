@@ -94,6 +94,9 @@ class BatchStore:
     def bind(self, connection: Connection) -> BoundTable:
         """Check the mapping against the real table; raise ConfigError."""
         self.bound = _reflect(self.config, connection)
+        self.statuses = StatusMap(self.config.statuses).for_dialect(
+            self.bound.dialect
+        )
         if self.bound.status_is_integer:
             self.statuses = self.statuses.as_integers(self.config.name)
         self._time = time_sql_for(self.bound.dialect, self.config.timezone)
@@ -133,18 +136,24 @@ class BatchStore:
         """The mapped table as a SQLAlchemy table clause (bound stores)."""
         return self._table(self._require_bound())
 
+    def stuck_condition(self) -> ColumnElement[bool]:
+        """Rows started (or, never started, queued) before the bound
+        ``stuck_shift`` cut-off; the same test as ``batch.stuck.count``."""
+        bound = self._require_bound()
+        return _RefreshParts(self, bound, self._table(bound)).stuck_since()
+
     def shift(self, seconds: float) -> float | int:
         """The bound value for the database clock moved by ``seconds``."""
         return self.time_sql().parameter(self.clock_offset_seconds + seconds)
 
-    def status_values(self, connection: Connection) -> dict[str, int]:
+    def status_values(self, connection: Connection) -> dict[str | None, int]:
         """Count the rows of every distinct status value in the table."""
         bound = self._require_bound()
         t = self._table(bound)
         status = t.c[bound.columns["status"]]
         query = select(status, func.count()).group_by(status)
         return {
-            str(value): int(count)
+            None if value is None else str(value): int(count)
             for value, count in connection.execute(query).all()
         }
 
@@ -248,6 +257,20 @@ class _RefreshParts:
             .group_by(self.status)
         )
 
+    def stuck_since(self) -> ColumnElement[bool]:
+        """Started before the stuck cut-off; a row that never started
+        (pending) counts from its queued time, when there is one."""
+        start, ts = self.start, self.ts
+        early = ts.value(start) < ts.at(start, "stuck_shift")
+        if self.queued is None:
+            return early
+        queued = self.queued
+        waiting = and_(
+            start.column.is_(None),
+            ts.value(queued) < ts.at(queued, "stuck_shift"),
+        )
+        return or_(early, waiting)
+
     def active(self) -> Select[Any]:
         start, ts = self.start, self.ts
         raw = self.statuses.raw_values(
@@ -256,12 +279,7 @@ class _RefreshParts:
         started = start.column.isnot(None)
         values: list[Any] = [
             func.count(),
-            func.sum(
-                case(
-                    (ts.value(start) < ts.at(start, "stuck_shift"), 1),
-                    else_=0,
-                )
-            ),
+            func.sum(case((self.stuck_since(), 1), else_=0)),
             func.min(case((self._before_now(start), ts.epoch(start)))),
         ]
         queued = self.queued
@@ -302,6 +320,18 @@ def _reflect(config: StoreConfig, connection: Connection) -> BoundTable:
     inspector = inspect(connection)
     schema, name = config.schema, config.table
     where = f"store {config.name!r}"
+    if schema is not None:
+        schemas = list(inspector.get_schema_names())
+        schema = _resolve(schema, schemas)
+        if schema is None:
+            listed = ", ".join(sorted(schemas)[:_LISTED]) or "none"
+            raise ConfigError(
+                [
+                    f"{where}: schema {config.schema!r} of table "
+                    f"{config.qualified_table!r} does not exist; schemas "
+                    f"there: {listed}"
+                ]
+            )
     tables = list(inspector.get_table_names(schema=schema))
     tables += list(inspector.get_view_names(schema=schema))
     real_name = _resolve(name, tables)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import (
@@ -24,7 +25,7 @@ from sqlalchemy.schema import CreateIndex
 from otel_batchmon._engine import classify, mask_url
 from otel_batchmon.config import DEFAULT_COLUMNS, MonitorConfig, StoreConfig
 from otel_batchmon.demo import demo_rows
-from otel_batchmon.errors import StoreError
+from otel_batchmon.errors import ConfigError, StoreError
 from otel_batchmon.inspection import recommended_indexes
 
 __all__ = ["create_demo_database", "create_tables", "default_batch_table"]
@@ -110,7 +111,12 @@ def _create_indexes(connection: Connection, store: StoreConfig) -> None:
 
 
 def create_demo_database(path: Path) -> str:
-    """Create (or recreate) a SQLite file with demo batches; return its URL."""
+    """Create (or recreate) a SQLite file with demo batches; return its URL.
+
+    An existing file is replaced only when it is an earlier demo database;
+    anything else is refused, so a mistyped path never destroys data.
+    """
+    _check_demo_path(path)
     path.unlink(missing_ok=True)
     url = f"sqlite:///{path}"
     engine = create_engine(url)
@@ -121,6 +127,43 @@ def create_demo_database(path: Path) -> str:
             demo = StoreConfig(name="demo", database_url=url, table="batches")
             _create_indexes(connection, demo)
             connection.execute(insert(table), demo_rows())
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"cannot create the demo database {str(path)!r}: "
+            f"{classify(exc).message}"
+        ) from None
     finally:
         engine.dispose()
     return url
+
+
+def _check_demo_path(path: Path) -> None:
+    where = f"--database {str(path)!r}"
+    if path.is_dir():
+        raise ConfigError([f"{where} is a folder; name a file in it"])
+    if not path.parent.is_dir():
+        raise ConfigError([f"{where}: folder {str(path.parent)!r} is missing"])
+    if not path.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            rows = connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            ).fetchall()
+    except sqlite3.DatabaseError:
+        raise ConfigError(
+            [f"{where} exists and is not a SQLite database; pick a new path"]
+        ) from None
+    foreign = sorted(
+        name
+        for (name,) in rows
+        if name != "batches" and not name.startswith("batchmon_")
+    )
+    if foreign:
+        raise ConfigError(
+            [
+                f"{where} exists and holds other tables "
+                f"({', '.join(foreign[:5])}); the demo only replaces its "
+                "own database, so pick a new path"
+            ]
+        )

@@ -8,6 +8,7 @@ read the standard variables themselves.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -31,6 +32,8 @@ from opentelemetry.sdk.resources import Resource
 from otel_batchmon._engine import mask_text
 from otel_batchmon.errors import ConfigError
 
+_log = logging.getLogger(__name__)
+
 __all__ = ["ExportProbe", "Telemetry", "build_telemetry", "describe_target"]
 
 _EXPORTERS = ("otlp", "console", "prometheus", "none")
@@ -41,17 +44,23 @@ class ExportProbe(MetricExporter):
     """Wraps an exporter to remember whether its exports succeeded.
 
     The SDK's ``force_flush`` returns true even when the export failed, so
-    ``run --once`` asks the probe instead.
+    ``run --once`` asks the probe instead. With ``target`` it also logs one
+    warning when exports start failing and one line when they work again
+    (the exporters' own per-attempt logs are muted by the command line).
     """
 
-    def __init__(self, inner: MetricExporter) -> None:
+    def __init__(
+        self, inner: MetricExporter, target: str | None = None
+    ) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
         self.inner = inner
+        self.target = target
         self.exports = 0
         self.failures = 0
+        self._failing = 0
         self._lock = threading.Lock()
 
     def export(
@@ -67,9 +76,29 @@ class ExportProbe(MetricExporter):
             result = MetricExportResult.FAILURE
         with self._lock:
             self.exports += 1
-            if result is not MetricExportResult.SUCCESS:
-                self.failures += 1
+            failed = result is not MetricExportResult.SUCCESS
+            self.failures += failed
+            streak, self._failing = self._failing, self._failing + 1
+            if not failed:
+                self._failing = 0
+        if self.target is not None:
+            self._report(failed, streak)
         return result
+
+    def _report(self, failed: bool, streak: int) -> None:
+        if failed and streak == 0:
+            _log.warning(
+                "metrics export to %s failed; retrying at every export "
+                "interval (is a collector listening there, speaking that "
+                "protocol?)",
+                self.target,
+            )
+        elif not failed and streak:
+            _log.info(
+                "metrics export to %s works again after %d failed attempts",
+                self.target,
+                streak,
+            )
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Flush the wrapped exporter."""
@@ -113,6 +142,7 @@ def build_telemetry(
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return Telemetry(None)
     names = _exporter_names(env, default_exporter)
+    _check_environment(env, names)
     readers: list[MetricReader] = []
     telemetry = Telemetry(None)
     for name in names:
@@ -122,9 +152,13 @@ def build_telemetry(
             readers.append(_prometheus_reader(env))
             telemetry.targets.append(_prometheus_target(env))
             continue
-        probe = ExportProbe(_push_exporter(name, env, stream))
+        target = describe_target(name, env)
+        # --once reports a failed export itself, in its one error line.
+        probe = ExportProbe(
+            _build_exporter(name, env, stream), target if periodic else None
+        )
         telemetry.probes.append(probe)
-        telemetry.targets.append(describe_target(name, env))
+        telemetry.targets.append(target)
         interval = None if periodic else math.inf
         readers.append(
             PeriodicExportingMetricReader(
@@ -151,6 +185,66 @@ def _exporter_names(env: Mapping[str, str], default: str) -> list[str]:
     return names
 
 
+_NUMBERS = (
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+)
+_COMPRESSIONS = ("gzip", "deflate", "none")
+
+
+def _check_environment(env: Mapping[str, str], names: list[str]) -> None:
+    """Refuse bad standard variables the SDK would ignore or crash on."""
+    problems = []
+    for variable in _NUMBERS:
+        text = env.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            number = float(text)
+        except ValueError:
+            number = -1.0
+        if not math.isfinite(number) or number < 0:
+            problems.append(
+                f"{variable}={text!r} is not a number of "
+                + ("milliseconds" if "EXPORT_" in variable else "seconds")
+            )
+    for variable in (
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    ):
+        text = env.get(variable, "").strip().lower()
+        if text and text not in _COMPRESSIONS:
+            problems.append(
+                f"{variable}={text!r}: use one of {', '.join(_COMPRESSIONS)}"
+            )
+    for variable in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ):
+        if "@" in _authority(env.get(variable, "")):
+            problems.append(
+                f"{variable} carries credentials; put them in "
+                "OTEL_EXPORTER_OTLP_HEADERS instead (they would be sent "
+                "nowhere and shown in logs)"
+            )
+    if "prometheus" in names:
+        port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464").strip()
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(
+                f"OTEL_EXPORTER_PROMETHEUS_PORT={port!r} is not a port "
+                "(1-65535)"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def _authority(endpoint: str) -> str:
+    rest = endpoint.split("://", 1)[-1]
+    return rest.split("/", 1)[0]
+
+
 def _protocol(env: Mapping[str, str]) -> str:
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
@@ -165,6 +259,24 @@ def _protocol(env: Mapping[str, str]) -> str:
             ]
         )
     return protocol
+
+
+def _build_exporter(
+    name: str, env: Mapping[str, str], stream: TextIO | None
+) -> MetricExporter:
+    try:
+        return _push_exporter(name, env, stream)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        # The exporters read their OTEL_EXPORTER_OTLP_* variables when
+        # built; a value they reject must not become a traceback.
+        raise ConfigError(
+            [
+                f"cannot build the {name} exporter from the "
+                f"OTEL_EXPORTER_OTLP_* variables: {mask_text(str(exc))}"
+            ]
+        ) from None
 
 
 def _push_exporter(
@@ -201,7 +313,10 @@ def describe_target(name: str, env: Mapping[str, str]) -> str:
     else:
         base = (generic or "http://localhost:4318").rstrip("/")
         endpoint = f"{base}/v1/metrics"
-    return f"OTLP {protocol} endpoint {mask_text(endpoint)}"
+    shown = f"OTLP {protocol} endpoint {mask_text(endpoint)}"
+    if protocol == "grpc" and "://" not in endpoint:
+        shown += " (no http:// scheme, so TLS)"
+    return shown
 
 
 def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:

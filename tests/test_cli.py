@@ -286,3 +286,118 @@ def test_demo_runs_on_a_fresh_sqlite_file_and_shows_the_stuck_batch(
         tzinfo=UTC
     )
     assert age.total_seconds() > 4 * 3600
+
+
+def test_demo_refuses_to_overwrite_a_database_that_is_not_a_demo(
+    tmp_path: Path,
+) -> None:
+    precious = tmp_path / "app.db"
+    engine = create_engine(f"sqlite:///{precious}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE users (id INTEGER)"))
+    engine.dispose()
+
+    result = run_cli(
+        "demo", "--database", str(precious), env=_clean_env(), cwd=tmp_path
+    )
+
+    assert result.returncode == 2
+    assert "holds other tables (users)" in assert_one_clear_line(result)
+    engine = create_engine(f"sqlite:///{precious}")
+    with engine.connect() as connection:
+        tables = connection.execute(
+            text("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ).all()
+    engine.dispose()
+    assert tables == [("users",)]
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "needle"),
+    [
+        (
+            (),
+            {"OTEL_EXPORTER_OTLP_TIMEOUT": "abc"},
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
+        (
+            (),
+            {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"},
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ),
+        (
+            (),
+            {
+                "OTEL_METRICS_EXPORTER": "prometheus",
+                "OTEL_EXPORTER_PROMETHEUS_PORT": "99999",
+            },
+            "is not a port",
+        ),
+        (
+            (),
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:s3cret@127.0.0.1:1"},
+            "carries credentials",
+        ),
+        (("--database", "/nonexistent-dir/x.db"), {}, "is missing"),
+    ],
+)
+def test_bad_standard_variables_and_paths_are_one_line_exit_2(
+    tmp_path: Path, args: tuple[str, ...], extra: dict[str, str], needle: str
+) -> None:
+    result = run_cli("demo", *args, env=_clean_env(**extra), cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert needle in assert_one_clear_line(result)
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_daemon_says_once_that_the_collector_is_unreachable(
+    sqlite: Database, tmp_path: Path
+) -> None:
+    name, _ = _demo_table(sqlite)
+    port = _closed_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otel_batchmon", "run"],
+        env=_clean_env(
+            OTEL_BATCHMON_DATABASE_URL=sqlite.url,
+            OTEL_BATCHMON_TABLE=name,
+            OTEL_BATCHMON_REFRESH_INTERVAL="200ms",
+            OTEL_BATCHMON_SHUTDOWN_TIMEOUT="2s",
+            OTEL_METRIC_EXPORT_INTERVAL="200",
+            OTEL_EXPORTER_OTLP_TIMEOUT="1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()  # type: ignore[union-attr]
+            lines.append(line)
+            if "metrics export to" in line:
+                break
+        time.sleep(2)  # several more failed exports must stay quiet
+    finally:
+        process.terminate()
+        _, rest = process.communicate(timeout=20)
+    output = "".join(lines) + rest
+    assert output.count("metrics export to") == 1, output
+    assert f"127.0.0.1:{port}" in output
+    assert process.returncode == 0
+    assert "Traceback" not in output
+
+
+def test_check_reports_a_missing_table_with_the_database_exit_code(
+    sqlite: Database,
+) -> None:
+    result = run_cli(
+        "check",
+        env=_clean_env(
+            OTEL_BATCHMON_DATABASE_URL=sqlite.url, OTEL_BATCHMON_TABLE="nope"
+        ),
+    )
+    assert result.returncode == 3
+    assert "'nope' does not exist" in result.stdout

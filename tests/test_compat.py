@@ -98,8 +98,10 @@ def test_prometheus_text_has_the_original_names_once_with_their_values(
     assert len(names) == len(set(names)), sorted(names)
     type_lines = [line for line in text.splitlines() if "# TYPE" in line]
     assert len(type_lines) == len(set(type_lines))
-    assert "batch_alerts" not in names
-    assert "batch_alerts_total" not in text
+    # batch.alerts (the stuck incident this table opens) is the one
+    # batch_alerts family; compat adds no second one under that name.
+    assert names.count("batch_alerts") <= 1
+    assert text.count("# TYPE batch_alerts") <= 1
     got = {
         family.name: {
             sample.labels["batch_store"]: sample.value

@@ -295,3 +295,52 @@ def test_empty_table_reports_zero_counts_and_no_ratio_or_ages(
         "batch.last_success.age",
     ):
         assert absent not in points
+
+
+def test_status_case_is_matched_the_same_way_by_every_query(
+    db: Database,
+) -> None:
+    now = datetime.now(UTC)
+    name = db.table_name()
+    table = default_batch_table(name)
+    table.create(db.engine)
+    row = {
+        "id": "r1",
+        "status": "RUNNING",
+        "created_at": now - timedelta(hours=7),
+        "started_at": now - timedelta(hours=6),
+        "finished_at": None,
+    }
+    with db.engine.begin() as connection:
+        connection.execute(insert(table), [row])
+
+    points, _ = _refresh(
+        {
+            "database_url": db.url,
+            "table": name,
+            "statuses": {"processing": ["running"]},
+        }
+    )
+
+    # MariaDB's collation folds case in SQL, so the row is processing
+    # there; PostgreSQL and SQLite compare exactly, so it is 'other'. Every
+    # gauge must agree with the others either way.
+    counted = value(
+        points,
+        "batch.window.count",
+        batch__store=name,
+        batch__status="processing",
+    )
+    active = value(
+        points,
+        "batch.active.count",
+        batch__store=name,
+        batch__status="processing",
+    )
+    stuck = value(points, "batch.stuck.count", batch__store=name)
+    expected = 1 if db.backend == "mariadb" else 0
+    assert (counted, active, stuck) == (expected, expected, expected)
+    other = value(
+        points, "batch.window.count", batch__store=name, batch__status="other"
+    )
+    assert other == 1 - expected

@@ -351,3 +351,25 @@ def test_monitor_sql_is_not_traced_by_other_instrumentations(
 
     assert seen
     assert all(flag is True for flag in seen)
+
+
+def test_pending_listed_as_stuck_counts_by_its_queued_time(
+    db: Database,
+) -> None:
+    queued = datetime.now(UTC) - timedelta(hours=30)
+    old_pending = {
+        "id": "waiting",
+        "status": "pending",
+        "created_at": queued,
+        "started_at": None,
+        "finished_at": None,
+    }
+    name = _table(db, [old_pending, _batch("young", "pending", 0.1)])
+    monitor, reader = _monitor(
+        db, name, stuck_statuses=["processing", "pending"]
+    )
+
+    monitor.refresh_now()
+
+    points = collect(reader)
+    assert value(points, "batch.stuck.count", batch__store=name) == 1
