@@ -31,6 +31,7 @@ __all__ = [
     "classify",
     "create_monitor_engine",
     "mask_url",
+    "run_settings",
 ]
 
 _log = logging.getLogger(__name__)
@@ -131,15 +132,19 @@ def _install_session_settings(
             "SET max_parallel_workers_per_gather = 0",
             "SET jit = off",
         ]
-        event.listen(engine, "connect", _run_settings(statements, True))
+        event.listen(engine, "connect", run_settings(statements, True))
     elif backend in ("mysql", "mariadb"):
         event.listen(engine, "connect", _mysql_settings(timeout))
     elif backend == "sqlite":
         _install_sqlite_deadline(engine, timeout)
 
 
-def _run_settings(statements: list[str], commit: bool) -> Any:
+def run_settings(statements: list[str], commit: bool) -> Any:
+    """A connect-event listener that runs ``statements`` on a new session."""
+
     def apply(dbapi_connection: Any, _record: Any) -> None:
+        if not statements:
+            return
         cursor = dbapi_connection.cursor()
         try:
             for statement in statements:

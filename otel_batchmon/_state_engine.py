@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 
+from otel_batchmon._engine import run_settings
+
 __all__ = ["create_state_engine", "is_unwritable"]
 
 # Errors that mean "this account or server cannot write here", as opposed
@@ -78,16 +80,4 @@ def _session_settings(backend: str, timeout: float) -> Any:
             f"SET SESSION lock_wait_timeout = {lock_seconds}",
             f"SET SESSION innodb_lock_wait_timeout = {lock_seconds}",
         ]
-
-    def apply(dbapi_connection: Any, _record: Any) -> None:
-        if not statements:
-            return
-        cursor = dbapi_connection.cursor()
-        try:
-            for statement in statements:
-                cursor.execute(statement)
-        finally:
-            cursor.close()
-        dbapi_connection.commit()
-
-    return apply
+    return run_settings(statements, commit=True)

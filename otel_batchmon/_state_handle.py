@@ -7,13 +7,14 @@ with one warning; the gauges never depend on it.
 from __future__ import annotations
 
 import logging
+import threading
 
 from otel_batchmon._engine import classify
 from otel_batchmon._state_engine import create_state_engine
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.state import StateError, StateStore, StateUnavailable
 
-__all__ = ["StateHandle"]
+__all__ = ["StateHandle", "handle_for"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,3 +76,17 @@ class StateHandle:
     def close(self) -> None:
         if self.state is not None:
             self.state.close()
+
+
+_handles_lock = threading.Lock()
+
+
+def handle_for(
+    handles: dict[str, StateHandle], url: str, config: MonitorConfig
+) -> StateHandle:
+    """The one handle of ``url`` in ``handles``, created on first use."""
+    with _handles_lock:
+        handle = handles.get(url)
+        if handle is None:
+            handle = handles[url] = StateHandle(url, config)
+        return handle

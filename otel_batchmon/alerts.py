@@ -25,7 +25,7 @@ from otel_batchmon._alert_rows import (
     stuck_batches,
 )
 from otel_batchmon._engine import classify
-from otel_batchmon._state_handle import StateHandle
+from otel_batchmon._state_handle import StateHandle, handle_for
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.incidents import Incident, IncidentLog
 from otel_batchmon.instruments import spec
@@ -287,12 +287,7 @@ class AlertEvaluator:
 
     def _incident_log(self, store: BatchStore) -> IncidentLog | None:
         url = self.config.state_url or store.config.database_url
-        with self._lock:
-            handle = self._handles.get(url)
-            if handle is None:
-                handle = StateHandle(url, self.config)
-                self._handles[url] = handle
-        state = handle.ready()
+        state = handle_for(self._handles, url, self.config).ready()
         return None if state is None else IncidentLog(state)
 
     def _writer(self, store: BatchStore) -> Engine:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from otel_batchmon._attributes import AttributeSetCap
 from otel_batchmon._engine import classify
 from otel_batchmon._event_rows import FinishedRow, RowQuery
-from otel_batchmon._state_handle import StateHandle
+from otel_batchmon._state_handle import StateHandle, handle_for
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.instruments import spec
 from otel_batchmon.state import (
@@ -105,10 +105,7 @@ class EventRecorder:
             events = self._stores.get(store.name)
             if events is None:
                 url = self.config.state_url or store.config.database_url
-                handle = self._states.get(url)
-                if handle is None:
-                    handle = StateHandle(url, self.config)
-                    self._states[url] = handle
+                handle = handle_for(self._states, url, self.config)
                 events = _StoreEvents(
                     store, handle, self.config, self.instruments
                 )
