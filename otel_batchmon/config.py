@@ -6,6 +6,7 @@ naming where it is, what was found and what to write instead.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -270,6 +271,7 @@ class _EnvValue(str):
 def _merge_environment(
     data: dict[str, Any], overlay: dict[str, Any], problems: list[str]
 ) -> dict[str, Any]:
+    _check_store_names(data, overlay, problems)
     merged = _deep_merge(data, dict(overlay.items()))
     stores = merged.get("stores")
     top_store_keys = [k for k in overlay if k in STORE_KEYS]
@@ -280,6 +282,25 @@ def _merge_environment(
         moved = {k: merged.pop(k) for k in top_store_keys}
         stores[only] = _deep_merge(stores[only], moved)
     return merged
+
+
+def _check_store_names(
+    data: dict[str, Any], overlay: dict[str, Any], problems: list[str]
+) -> None:
+    """A store named only in the environment, close to one in the file, is
+    a typo that would otherwise show up as a store missing its URL."""
+    in_file, in_env = data.get("stores"), overlay.get("stores")
+    if not isinstance(in_file, dict) or not isinstance(in_env, dict):
+        return
+    for name in in_env:
+        if name in in_file:
+            continue
+        near = difflib.get_close_matches(name, list(in_file), n=1)
+        if near:
+            problems.append(
+                f"OTEL_BATCHMON_STORES__{name.upper()}__*: the config file "
+                f"has no store {name!r}; did you mean {near[0]!r}?"
+            )
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -226,3 +226,17 @@ def test_config_errors_never_echo_the_database_password() -> None:
             }
         )
     assert "s3cret" not in str(caught.value)
+
+
+def test_store_name_typo_in_the_environment_suggests_the_file_store(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "batchmon.toml"
+    path.write_text(
+        '[stores.imports]\ndatabase_url = "sqlite:///x.db"\ntable = "t"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            path, environ={"OTEL_BATCHMON_STORES__IMPORT__WINDOW": "1h"}
+        )
+    assert "did you mean 'imports'" in str(caught.value)
