@@ -20,7 +20,7 @@ import operator
 import os
 import threading
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.metrics import Counter, Histogram, Meter
 from sqlalchemy.engine import Engine
@@ -28,9 +28,9 @@ from sqlalchemy.engine import Engine
 from otel_batchmon._attributes import AttributeSetCap
 from otel_batchmon._engine import classify
 from otel_batchmon._event_rows import FinishedRow, RowQuery
+from otel_batchmon._recording import create_instrument
 from otel_batchmon._state_handle import StateHandle, handle_for
 from otel_batchmon.config import MonitorConfig
-from otel_batchmon.instruments import spec
 from otel_batchmon.state import (
     StateStore,
     Watermark,
@@ -142,18 +142,11 @@ class _Instruments:
 
 
 def _counter(meter: Meter, name: str) -> Counter:
-    entry = spec(name)
-    return meter.create_counter(entry.name, entry.unit, entry.description)
+    return cast(Counter, create_instrument(meter, name))
 
 
 def _histogram(meter: Meter, name: str) -> Histogram:
-    entry = spec(name)
-    return meter.create_histogram(
-        entry.name,
-        entry.unit,
-        entry.description,
-        explicit_bucket_boundaries_advisory=entry.buckets,
-    )
+    return cast(Histogram, create_instrument(meter, name))
 
 
 class _StoreEvents:

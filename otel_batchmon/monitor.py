@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -96,7 +95,6 @@ class BatchMonitor:
         )
         self._active = False
         self._failed_callbacks: set[str] = set()
-        self._lock = threading.Lock()
         self._register(self._meter)
 
     def start(self) -> None:

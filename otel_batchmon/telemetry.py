@@ -13,14 +13,13 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
-    HistogramDataPoint,
     MetricExporter,
     MetricExportResult,
     MetricReader,
@@ -30,6 +29,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 
 from otel_batchmon._engine import mask_text
+from otel_batchmon._summary import SummaryExporter
 from otel_batchmon.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -365,55 +365,3 @@ def _resource() -> Resource:
     if name.startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "otel-batchmon"}))
     return resource
-
-
-class SummaryExporter(MetricExporter):
-    """Prints each point as one line: ``name{attributes} value``."""
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def export(
-        self,
-        metrics_data: MetricsData,
-        timeout_millis: float = 10_000,
-        **kwargs: Any,
-    ) -> MetricExportResult:
-        """Write the points of one collection."""
-        lines = []
-        for resource in metrics_data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    lines.extend(
-                        _point_lines(
-                            metric.name,
-                            metric.unit or "",
-                            metric.data.data_points,
-                        )
-                    )
-        self.stream.write("\n".join(sorted(lines)) + "\n")
-        self.stream.flush()
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Nothing is buffered."""
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Nothing to release."""
-
-
-def _point_lines(name: str, unit: str, points: Sequence[Any]) -> list[str]:
-    lines = []
-    for point in points:
-        labels = ",".join(
-            f"{k}={v}" for k, v in sorted(point.attributes.items())
-        )
-        shown = f"{name}{{{labels}}}"
-        if isinstance(point, HistogramDataPoint):
-            value = f"count={point.count} sum={point.sum:g}"
-        else:
-            value = f"{point.value:g}"
-        lines.append(f"{shown} {value} {unit}".rstrip())
-    return lines

@@ -14,7 +14,6 @@ import logging
 import operator
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
@@ -24,30 +23,21 @@ from typing import Any, ParamSpec, TypeVar, cast
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import (
-    Counter,
-    Histogram,
-    Meter,
     MeterProvider,
     get_meter_provider,
 )
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 
-from otel_batchmon._attributes import BatchAttributeCache
-from otel_batchmon.instruments import spec
-from otel_batchmon.version import __version__
+from otel_batchmon._recording import (
+    SOURCE,
+    WorkerInstruments,
+    instruments_for,
+    tracer_for,
+)
 
 __all__ = ["BatchRun", "BatchTracker", "current_batch", "track_batch"]
 
 _logger = logging.getLogger(__name__)
-
-# The monitor records the store-side batch.* events on the same scope,
-# so both share one instrument per metric (told apart by batch.source).
-SCOPE_NAME = "otel_batchmon"
-SOURCE = "worker"
-# (store, kind) pairs kept before new ones fold to _other. Each pair makes
-# two points per instrument (status or outcome), so this stays well below
-# the SDK's 2000 attribute sets per metric.
-MAX_KIND_SETS = 500
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -217,7 +207,7 @@ class BatchRun:
         self._lock = threading.Lock()
         self._started = 0.0
         self._queue_seconds: float | None = None
-        self._instruments: _WorkerInstruments | None = None
+        self._instruments: WorkerInstruments | None = None
         self._context_token: object | None = None
         self._run_token: Token[BatchRun | None] | None = None
 
@@ -266,8 +256,8 @@ class BatchRun:
         self._started = _now_monotonic()
         try:
             self._queue_seconds = self._queue_wait(queued_at)
-            self._instruments = _instruments_for(meter_provider)
-            self.span = _tracer_for(tracer_provider).start_span(
+            self._instruments = instruments_for(meter_provider)
+            self.span = tracer_for(tracer_provider).start_span(
                 f"batch {self.kind}" if self.kind else "batch",
                 attributes=self._span_attributes(),
             )
@@ -392,71 +382,6 @@ class BatchRun:
 
     def __repr__(self) -> str:
         return f"<BatchRun {self._label()} {self.status}>"
-
-
-class _WorkerInstruments:
-    """The catalogue instruments ``track_batch`` records on one meter."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.finished = cast(Counter, _create(meter, "batch.finished"))
-        self.duration = cast(Histogram, _create(meter, "batch.duration"))
-        self.queue = cast(Histogram, _create(meter, "batch.queue.duration"))
-        self.records = cast(Counter, _create(meter, "batch.records"))
-        self._attributes = BatchAttributeCache(SOURCE, MAX_KIND_SETS)
-
-    def record(self, run: BatchRun, duration: float) -> None:
-        """Record one finished run."""
-        labels = self._attributes.get(run.store, run.kind)
-        status = labels.failed if run.status == "failed" else labels.completed
-        self.finished.add(1, status)
-        self.duration.record(duration, status)
-        if run.queue_seconds is not None:
-            self.queue.record(run.queue_seconds, labels.queue)
-        records = run.records()
-        if records is not None:
-            self.records.add(records[0], labels.ok)
-            self.records.add(records[1], labels.records_failed)
-
-
-def _create(meter: Meter, name: str) -> Counter | Histogram:
-    entry = spec(name)
-    if entry.kind == "counter":
-        return meter.create_counter(entry.name, entry.unit, entry.description)
-    return meter.create_histogram(
-        entry.name,
-        entry.unit,
-        entry.description,
-        explicit_bucket_boundaries_advisory=entry.buckets,
-    )
-
-
-_providers_lock = threading.Lock()
-_instruments_by_provider: weakref.WeakKeyDictionary[
-    MeterProvider, _WorkerInstruments
-] = weakref.WeakKeyDictionary()
-_tracers_by_provider: weakref.WeakKeyDictionary[
-    TracerProvider, trace.Tracer
-] = weakref.WeakKeyDictionary()
-
-
-def _instruments_for(provider: MeterProvider) -> _WorkerInstruments:
-    instruments = _instruments_by_provider.get(provider)
-    if instruments is None:
-        with _providers_lock:
-            instruments = _instruments_by_provider.get(provider)
-            if instruments is None:
-                meter = provider.get_meter(SCOPE_NAME, __version__)
-                instruments = _WorkerInstruments(meter)
-                _instruments_by_provider[provider] = instruments
-    return instruments
-
-
-def _tracer_for(provider: TracerProvider) -> trace.Tracer:
-    tracer = _tracers_by_provider.get(provider)
-    if tracer is None:
-        tracer = provider.get_tracer(SCOPE_NAME, __version__)
-        _tracers_by_provider[provider] = tracer
-    return tracer
 
 
 def _qualified_name(cls: type[BaseException]) -> str:

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import StatusCode, get_current_span
 
-from otel_batchmon import tracking
+from otel_batchmon import _recording, tracking
 from otel_batchmon.instruments import spec
 from otel_batchmon.tracking import current_batch, track_batch
 from otel_batchmon.version import __version__
@@ -394,7 +394,7 @@ def test_kinds_beyond_the_cap_fold_to_other_with_one_warning(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(tracking, "MAX_KIND_SETS", 2)
+    monkeypatch.setattr(_recording, "MAX_KIND_SETS", 2)
     for kind in ("a", "b", "c", "d", "c"):
         with track_batch(kind, store="s", **providers):
             pass
