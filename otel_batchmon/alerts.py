@@ -29,7 +29,7 @@ from otel_batchmon._state_handle import StateHandle, handle_for
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.incidents import Incident, IncidentLog
 from otel_batchmon.instruments import spec
-from otel_batchmon.remedy import finish_stuck
+from otel_batchmon.remedy import finish_stuck, foreign_framework
 from otel_batchmon.store import BatchStore
 
 __all__ = ["AlertEvaluator"]
@@ -69,6 +69,7 @@ class AlertEvaluator:
         self._handles = {} if handles is None else handles
         self._writers: dict[str, Engine] = {}
         self._dry_runs: set[str] = set()
+        self._refused: set[str] = set()
         self._last_problem: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -233,6 +234,18 @@ class AlertEvaluator:
         alerts = store.config.alerts
         after = alerts.stuck_action_after_seconds
         if alerts.stuck_action != "fail" or after is None:
+            return
+        owner = foreign_framework(store.config)
+        if owner is not None:
+            if store.name not in self._refused:
+                self._refused.add(store.name)
+                _log.warning(
+                    'store %s: stuck.action = "fail" is refused: the '
+                    "table is %s's, and otel-batchmon never writes to "
+                    "another framework's tables",
+                    store.name,
+                    owner,
+                )
             return
         for batch in stuck:
             if batch.age_seconds <= after:

@@ -15,11 +15,62 @@ from typing import Any
 from sqlalchemy import String, and_, cast, column, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from otel_batchmon.config import StoreConfig
+from otel_batchmon.errors import ConfigError
 from otel_batchmon.store import BatchStore
 
-__all__ = ["Change", "find_batch", "finish_stuck"]
+__all__ = [
+    "Change",
+    "find_batch",
+    "finish_stuck",
+    "foreign_framework",
+    "refuse_foreign",
+]
 
 _log = logging.getLogger(__name__)
+
+# Default tables of the job frameworks researched in otel_batchmon/presets
+# (docs/presets.md). Their rows belong to the framework's own state
+# machine: finishing one behind its back can corrupt it (retries, locks,
+# batch callbacks), so otel-batchmon never writes there. Generic names
+# (Dagster's `runs`) are left out rather than refuse a user's own table.
+_FRAMEWORK_TABLES = {
+    "batch_job_execution": "Spring Batch",
+    "dag_run": "Apache Airflow",
+    "celery_taskmeta": "Celery",
+    "celery_tasksetmeta": "Celery",
+    "oban_jobs": "Oban",
+    "pgboss.job": "pg-boss",
+    "pgboss.archive": "pg-boss",
+    "river_job": "River",
+    "flow_run": "Prefect",
+    "job_batches": "Laravel",
+    "failed_jobs": "Laravel",
+    "good_jobs": "GoodJob",
+    "solid_queue_jobs": "Solid Queue",
+}
+
+
+def foreign_framework(store: StoreConfig) -> str | None:
+    """The job framework that owns the store's table, if it is one."""
+    # Schema-qualified names first (pg-boss lives in its own schema); other
+    # frameworks' tables count in any schema.
+    owner = _FRAMEWORK_TABLES.get(store.qualified_table.casefold())
+    return owner or _FRAMEWORK_TABLES.get(store.table.casefold())
+
+
+def refuse_foreign(store: StoreConfig) -> None:
+    """Raise ConfigError when the table belongs to a job framework."""
+    owner = foreign_framework(store)
+    if owner is not None:
+        raise ConfigError(
+            [
+                f"store {store.name}: table {store.qualified_table!r} is "
+                f"{owner}'s; otel-batchmon does not write to another "
+                f"framework's tables (it would bypass {owner}'s own "
+                f"state handling); resolve the job through {owner}"
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -58,6 +109,7 @@ def finish_stuck(
     dry_run: bool,
 ) -> Change:
     """Set ``status`` and the finish time if the batch is still stuck."""
+    refuse_foreign(store.config)
     bound = store._require_bound()
     new_status = store.statuses.raw_values((status,))[0]
     statement = _statement(store, raw_id, raw_started, new_status, reason)

@@ -287,3 +287,37 @@ def test_configured_fail_action_is_dry_by_default_and_conditional(
     assert list(actions.values()) == [1]
     (key,) = actions
     assert dict(key)["batchmon.dry_run"] == str(dry_run).lower()
+
+
+def test_write_paths_are_refused_on_a_job_frameworks_table(
+    sqlite: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = f"s{uuid.uuid4().hex[:8]}_"
+    table = default_batch_table("dag_run")
+    table.create(sqlite.engine)
+    sqlite.created.append("dag_run")
+    with sqlite.engine.begin() as connection:
+        connection.execute(insert(table), [_batch("run-1", 13.0)])
+    monitor, reader = _monitor(
+        sqlite,
+        "dag_run",
+        prefix,
+        stuck={"action": "fail", "after": "12h", "dry_run": False},
+    )
+
+    _refresh_at(monitor, 0)
+    _refresh_at(monitor, 0)
+    refused = _cli(
+        "stuck", "resolve", "run-1", db=sqlite, name="dag_run", prefix=prefix
+    )
+
+    assert refused.returncode == 2
+    assert "Apache Airflow" in refused.stderr
+    with sqlite.engine.connect() as connection:
+        status = connection.execute(
+            text("SELECT status FROM dag_run WHERE id = 'run-1'")
+        ).scalar()
+    assert status == "processing"
+    warnings = [r for r in caplog.records if "is refused" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "batchmon.stuck.actions" not in collect(reader)
