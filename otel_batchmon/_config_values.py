@@ -95,17 +95,27 @@ def signed_duration(value: object) -> float:
 
 def database_url(value: object) -> str:
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a database URL like sqlite:///batches.db")
+    like = (
+        "write it like postgresql+psycopg://user@host/db, "
+        "mysql+pymysql://user@host/db or sqlite:///path.db"
+    )
     try:
-        make_url(value)
-    except ArgumentError:
+        parsed = make_url(value)
+    except (ArgumentError, ValueError):
+        # A bad port raises ValueError; neither message may echo the URL.
+        raise ValueError(f"is not a database URL; {like}") from None
+    try:
+        # Loads SQLAlchemy's dialect class only, not the driver module. An
+        # unknown one (Heroku's postgres://) used to end in a traceback
+        # when the engine was built.
+        parsed.get_dialect()
+    except NoSuchModuleError:
         raise ValueError(
-            "is not a database URL; write it like "
-            "postgresql+psycopg://user@host/db, "
-            "mysql+pymysql://user@host/db or sqlite:///path.db"
+            f"unknown database dialect {parsed.drivername!r}; {like}"
         ) from None
     return value
 
