@@ -176,10 +176,9 @@ class _Assembly:
         if status not in self.active:
             return
         self.active[status] += int(count)
-        # Pending age runs from the queued time, or the start time when the
-        # table has no queued column.
-        first = values[3] if status == "pending" else None
-        first = values[2] if first is None else first
+        # v2 is the oldest start, v3 the oldest pending-age basis (queued
+        # time, or start time when the table has no queued column).
+        first = values[3] if status == "pending" else values[2]
         if first is not None:
             known = self.oldest[status]
             self.oldest[status] = first if known is None else min(known, first)

@@ -258,8 +258,8 @@ class _RefreshParts:
         )
 
     def stuck_since(self) -> ColumnElement[bool]:
-        """Started before the stuck cut-off; a row that never started
-        (pending) counts from its queued time, when there is one."""
+        """Started before the stuck cut-off; a pending row that never
+        started counts from its queued time, when there is one."""
         start, ts = self.start, self.ts
         early = ts.value(start) < ts.at(start, "stuck_shift")
         if self.queued is None:
@@ -267,6 +267,7 @@ class _RefreshParts:
         queued = self.queued
         waiting = and_(
             start.column.is_(None),
+            self.status.in_(self.statuses.raw_values(("pending",))),
             ts.value(queued) < ts.at(queued, "stuck_shift"),
         )
         return or_(early, waiting)
@@ -282,11 +283,11 @@ class _RefreshParts:
             func.sum(case((self.stuck_since(), 1), else_=0)),
             func.min(case((self._before_now(start), ts.epoch(start)))),
         ]
-        queued = self.queued
+        # v3: what the pending age runs from: the queued time, or the start
+        # time when the table has no queued column (never a mix of both).
+        basis = self.queued if self.queued is not None else start
         values.append(
-            func.min(case((self._before_now(queued), ts.epoch(queued))))
-            if queued is not None
-            else None
+            func.min(case((self._before_now(basis), ts.epoch(basis))))
         )
         values.append(
             func.sum(
