@@ -265,9 +265,12 @@ class _RefreshParts:
         if self.queued is None:
             return early
         queued = self.queued
+        # An unbound column, like the time columns: this condition is also
+        # used with other table clauses of the same table (alert reads).
+        status = column(self.status.name)
         waiting = and_(
             start.column.is_(None),
-            self.status.in_(self.statuses.raw_values(("pending",))),
+            status.in_(self.statuses.raw_values(("pending",))),
             ts.value(queued) < ts.at(queued, "stuck_shift"),
         )
         return or_(early, waiting)
