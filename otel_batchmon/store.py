@@ -267,7 +267,7 @@ class _RefreshParts:
         queued = self.queued
         # An unbound column, like the time columns: this condition is also
         # used with other table clauses of the same table (alert reads).
-        status = column(self.status.name)
+        status: Any = column(self.status.name)
         waiting = and_(
             start.column.is_(None),
             status.in_(self.statuses.raw_values(("pending",))),
