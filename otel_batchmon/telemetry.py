@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import threading
 from collections.abc import Mapping
@@ -229,6 +230,8 @@ def _check_environment(env: Mapping[str, str], names: list[str]) -> None:
                 "OTEL_EXPORTER_OTLP_HEADERS instead (they would be sent "
                 "nowhere and shown in logs)"
             )
+    if "otlp" in names:
+        problems.extend(_header_problems(env))
     if "prometheus" in names:
         port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464").strip()
         if not port.isdigit() or not 0 < int(port) < 65536:
@@ -238,6 +241,31 @@ def _check_environment(env: Mapping[str, str], names: list[str]) -> None:
             )
     if problems:
         raise ConfigError(problems)
+
+
+# The SDK's liberal name=value form (opentelemetry.util.re). An entry it
+# cannot parse is dropped with a warning that quotes it, token and all.
+_HEADER = re.compile(
+    r"[ \t]*[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a"
+    r"\x7c\x7e]+[ \t]*=[ \t]*[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+)
+
+
+def _header_problems(env: Mapping[str, str]) -> list[str]:
+    problems = []
+    for variable in (
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    ):
+        entries = re.split(r"[ \t]*,[ \t]*", env.get(variable, ""))
+        for number, entry in enumerate(entries, 1):
+            if entry and not _HEADER.fullmatch(entry.strip()):
+                problems.append(
+                    f"{variable}: entry {number} is not a name=value pair "
+                    "the exporters accept (not shown, it may hold a secret);"
+                    " URL-encode the value: authorization=Bearer%20TOKEN"
+                )
+    return problems
 
 
 def _authority(endpoint: str) -> str:
