@@ -45,7 +45,10 @@ from opentelemetry.proto.collector.metrics.v1 import (
 from otel_batchmon.tables import create_demo_database
 
 # Full mode fails when memory grows faster than this during the outage.
-MAX_OUTAGE_SLOPE_KB_PER_MIN = 100.0
+# Measured here: about 135 KB/min in a 7-minute outage and 132 KB/min in
+# a control run with no outage at all (see README-soak.md); a leak of one
+# 4 KB buffer per failed export (one a second) would add 240 KB/min.
+MAX_OUTAGE_SLOPE_KB_PER_MIN = 250.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Report:
     rss_max_kb: int
     slope_all_kb_per_min: float
     slope_outage_kb_per_min: float
+    slope_after_kb_per_min: float
     exports_before: int
     exports_during: int
     exports_after: int
@@ -121,6 +125,7 @@ class Report:
     export_recoveries: int
     exit_code: int | None
     problems: list[str] = field(default_factory=list)
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -238,6 +243,7 @@ def soak(phases: Phases, mode: str, workdir: Path) -> Report:
     after = [t for t in arrivals if t >= up_s]
     text = log.read_text(errors="replace")
     outage = [(t, float(v)) for t, v in samples if down_s <= t < up_s]
+    back = [(t, float(v)) for t, v in samples if t >= up_s]
     # Start-up (imports, first connections) is not a leak: the whole-run
     # figures begin at the first export the receiver got.
     warm = arrivals[0] if arrivals else down_s
@@ -252,6 +258,7 @@ def soak(phases: Phases, mode: str, workdir: Path) -> Report:
         rss_max_kb=max(values),
         slope_all_kb_per_min=round(slope_per_minute(steady), 1),
         slope_outage_kb_per_min=round(slope_per_minute(outage), 1),
+        slope_after_kb_per_min=round(slope_per_minute(back), 1),
         exports_before=sum(t < down_s for t in arrivals),
         exports_during=sum(down_s <= t < up_s for t in arrivals),
         exports_after=len(after),
@@ -262,6 +269,7 @@ def soak(phases: Phases, mode: str, workdir: Path) -> Report:
         exit_code=exit_code,
         problems=problems
         + (["Traceback in the log"] if "Traceback" in text else []),
+        rss_samples=[(round(t, 1), v) for t, v in samples],
     )
 
 
@@ -278,7 +286,8 @@ def _print(report: Report) -> None:
     )
     print(
         f"  slope after start-up {report.slope_all_kb_per_min:+.1f} KB/min, "
-        f"during the outage {report.slope_outage_kb_per_min:+.1f} KB/min"
+        f"during the outage {report.slope_outage_kb_per_min:+.1f} KB/min, "
+        f"after it {report.slope_after_kb_per_min:+.1f} KB/min"
     )
     resumed = (
         f"yes, {report.resumed_after_s:g}s after the collector came back"
@@ -323,11 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))
     if args.quick:
         return 0  # a 20 s run on a shared CI machine only reports
+    outage = phases.down > 0
     failed = (
         not report.resumed
         or report.problems
-        or report.export_warnings != 1
-        or report.export_recoveries != 1
+        or report.export_warnings != int(outage)
+        or report.export_recoveries != int(outage)
         or report.slope_outage_kb_per_min > MAX_OUTAGE_SLOPE_KB_PER_MIN
     )
     return 1 if failed else 0
