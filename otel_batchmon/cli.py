@@ -158,16 +158,25 @@ def _once(config: MonitorConfig, telemetry: Telemetry, out: TextIO) -> int:
     # A failed refresh is reported once, in the error line below.
     logging.getLogger("otel_batchmon.refresher").setLevel(logging.ERROR)
     monitor = BatchMonitor(config, telemetry.provider)
+    export_failure: _ExportFailed | None = None
     try:
         outcomes = monitor.refresh_now()
-        _flush(telemetry, config)
+        try:
+            _flush(telemetry, config)
+        except _ExportFailed as exc:
+            export_failure = exc
     finally:
         monitor.stop()
         telemetry.shutdown()
     _print_summary(monitor, outcomes, out)
     failed = [o for o in outcomes if not o.ok]
     if failed:
-        raise StoreError(_refresh_failure_line(failed))
+        # Both failures in the one line: fixing only the first would hide
+        # the second until the next run.
+        also = f"; also {export_failure}" if export_failure else ""
+        raise StoreError(_refresh_failure_line(failed) + also)
+    if export_failure is not None:
+        raise export_failure
     return EXIT_OK
 
 

@@ -180,6 +180,11 @@ class StateStore:
                 raise
             except SQLAlchemyError as exc:
                 self._raise_if_unwritable(exc)
+                if classify(exc).error_type in ("connection", "timeout"):
+                    # Not a race: the state database is away. Let the
+                    # caller try again at its next refresh, rather than
+                    # turn events off for good or retry here, blocking.
+                    raise
                 if attempt == _ATTEMPTS:
                     failure = classify(exc)
                     raise StateError(

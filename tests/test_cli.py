@@ -401,3 +401,23 @@ def test_check_reports_a_missing_table_with_the_database_exit_code(
     )
     assert result.returncode == 3
     assert "'nope' does not exist" in result.stdout
+
+
+def test_run_once_names_both_a_database_and_a_collector_failure(
+    tmp_path: Path,
+) -> None:
+    port = _closed_port()
+    result = run_cli(
+        "run",
+        "--once",
+        env=_clean_env(
+            OTEL_BATCHMON_DATABASE_URL=f"sqlite:///{tmp_path}/nope/x.db",
+            OTEL_BATCHMON_TABLE="batches",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_EXPORTER_OTLP_TIMEOUT="1",
+        ),
+    )
+    assert result.returncode == 3
+    line = assert_one_clear_line(result)
+    assert "refresh failed (connection)" in line
+    assert f"127.0.0.1:{port}" in line

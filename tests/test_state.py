@@ -7,6 +7,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,3 +239,32 @@ def test_unwritable_state_turns_events_off_with_one_warning_and_gauges_stay(
     )
     assert points["batch.window.count"][completed] == 0
     assert "batch.finished" not in points
+
+
+def test_state_database_away_at_start_is_waited_for_not_given_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from otel_batchmon._state_handle import StateHandle
+
+    folder = tmp_path / "later"
+    config = parse_config(
+        {
+            "database_url": f"sqlite:///{tmp_path / 'b.db'}",
+            "table": "b",
+            "state_url": f"sqlite:///{folder / 'state.db'}",
+        }
+    )
+    handle = StateHandle(config.state_url or "", config)
+
+    first = handle.ready()
+    second = handle.ready()
+    folder.mkdir()
+    third = handle.ready()
+
+    assert first is None
+    assert second is None
+    assert third is not None
+    assert not handle.off
+    waits = [r for r in caplog.records if "wait for the state" in r.message]
+    assert len(waits) == 1
+    handle.close()
