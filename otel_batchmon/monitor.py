@@ -32,6 +32,7 @@ __all__ = ["BatchMonitor"]
 _log = logging.getLogger(__name__)
 
 _Points = Iterable[tuple[float, dict[str, str]]]
+_Observe = Callable[[str], Iterator[Observation]]
 
 
 def _single(value: float | None) -> _Points:
@@ -128,28 +129,24 @@ class BatchMonitor:
         self.alerts.after_read(store, engine)
 
     def _register(self, meter: Meter) -> None:
+        # Snapshot gauges go quiet when stale or not leading; the monitor's
+        # own two always report.
+        own: dict[str, _Observe] = {
+            "batchmon.snapshot.age": self._age_points,
+            "batchmon.leader": self._leader_points,
+        }
         for entry in CATALOGUE:
-            if entry.name in _SNAPSHOT_GAUGES:
-                meter.create_observable_gauge(
-                    entry.name,
-                    [self._guarded(entry.name, self._snapshot_points)],
-                    entry.unit,
-                    entry.description,
-                )
-        age = spec("batchmon.snapshot.age")
-        meter.create_observable_gauge(
-            age.name,
-            [self._guarded(age.name, self._age_points)],
-            age.unit,
-            age.description,
-        )
-        leader = spec("batchmon.leader")
-        meter.create_observable_gauge(
-            leader.name,
-            [self._guarded(leader.name, self._leader_points)],
-            leader.unit,
-            leader.description,
-        )
+            points: _Observe | None = own.get(entry.name)
+            if points is None and entry.name in _SNAPSHOT_GAUGES:
+                points = self._snapshot_points
+            if points is None:
+                continue
+            meter.create_observable_gauge(
+                entry.name,
+                [self._guarded(entry.name, points)],
+                entry.unit,
+                entry.description,
+            )
         duration = spec("batchmon.refresh.duration")
         assert duration.kind is InstrumentKind.HISTOGRAM
         self._refresh_duration = meter.create_histogram(
