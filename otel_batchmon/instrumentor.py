@@ -24,6 +24,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 from opentelemetry.metrics import MeterProvider
+from sqlalchemy.engine import Engine
 
 from otel_batchmon._engine import mask_text
 from otel_batchmon.config import (
@@ -67,11 +68,19 @@ class BatchmonInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         with self._guard:
             if self._monitor is not None:
                 return
-            config = _settings(kwargs.get("config"), os.environ)
+            engine: Engine | None = kwargs.get("engine")
+            config = _settings(
+                kwargs.get("config"), _with_engine_url(os.environ, engine)
+            )
             if config is None:
                 return
             provider: MeterProvider | None = kwargs.get("meter_provider")
-            self._monitor, self._health = _start(config, provider)
+            engines = (
+                {store.name: engine for store in config.stores}
+                if engine is not None
+                else None
+            )
+            self._monitor, self._health = _start(config, provider, engines)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         with self._guard:
@@ -105,8 +114,21 @@ def _settings(
         return None
 
 
+def _with_engine_url(
+    env: Mapping[str, str], engine: Engine | None
+) -> Mapping[str, str]:
+    """Let ``instrument(engine=...)`` stand in for the database URL."""
+    name = f"{ENV_PREFIX}DATABASE_URL"
+    if engine is None or name in env:
+        return env
+    url = engine.url.render_as_string(hide_password=False)
+    return {**env, name: url}
+
+
 def _start(
-    config: MonitorConfig, provider: MeterProvider | None
+    config: MonitorConfig,
+    provider: MeterProvider | None,
+    engines: Mapping[str, Engine] | None = None,
 ) -> tuple[BatchMonitor | None, HealthServer | None]:
     if config.leader_election is None:
         # An instrumented app usually runs as several replicas or workers;
@@ -116,7 +138,7 @@ def _start(
     # failure becomes one log record instead of an exception.
     monitor: BatchMonitor | None = None
     try:
-        monitor = BatchMonitor(config, provider)
+        monitor = BatchMonitor(config, provider, engines=engines)
         monitor.start()
     except Exception as exc:
         if monitor is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry.metrics import (
@@ -71,6 +71,10 @@ class BatchMonitor:
     Without ``meter_provider`` the global provider is used, so a distro or
     ``opentelemetry-instrument`` decides where the metrics go. ``clock``
     (monotonic seconds) measures snapshot age; tests pass a fake one.
+    ``engines`` maps store names to the application's own engines: the
+    monitor then borrows one connection per refresh from that pool, with
+    its settings for that transaction only, and skips a refresh rather
+    than wait when the pool is exhausted.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class BatchMonitor:
         config: MonitorConfig,
         meter_provider: MeterProvider | None = None,
         clock: Callable[[], float] = time.monotonic,
+        engines: Mapping[str, Engine] | None = None,
     ) -> None:
         self.config = config
         self._meter = get_meter(
@@ -92,7 +97,11 @@ class BatchMonitor:
         )
         self.alerts = AlertEvaluator(config, self._meter, handles)
         self.refresher = Refresher(
-            config, self._record, clock, after_read=self._after_read
+            config,
+            self._record,
+            clock,
+            after_read=self._after_read,
+            engines=engines,
         )
         self._active = False
         self._failed_callbacks: set[str] = set()

@@ -13,11 +13,13 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from otel_batchmon._borrowed import PoolStarved, borrowed_connection
 from otel_batchmon._engine import (
     DatabaseFailure,
     classify,
@@ -55,9 +57,13 @@ class RefreshOutcome:
 
 
 class _StoreState:
-    def __init__(self, store: BatchStore, engine: Engine) -> None:
+    def __init__(
+        self, store: BatchStore, engine: Engine, borrowed: bool = False
+    ) -> None:
         self.store = store
         self.engine = engine
+        # The application's own engine: never configured, never disposed.
+        self.borrowed = borrowed
         self.snapshot: StoreSnapshot | None = None
         self.good_at: float | None = None
         self.failures = 0
@@ -80,19 +86,23 @@ class Refresher:
         on_outcome: Callable[[RefreshOutcome], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         after_read: Callable[[BatchStore, Engine], None] | None = None,
+        engines: Mapping[str, Engine] | None = None,
     ) -> None:
         self.config = config
         self._on_outcome = on_outcome
         self._clock = clock
         self._after_read = after_read
+        given = engines or {}
         self._states = {
             s.name: _StoreState(
                 BatchStore(s, config.clock_offset_seconds),
-                create_monitor_engine(
+                given.get(s.name)
+                or create_monitor_engine(
                     s.database_url,
                     config.statement_timeout_seconds,
                     config.connect_timeout_seconds,
                 ),
+                borrowed=s.name in given,
             )
             for s in config.stores
         }
@@ -166,7 +176,8 @@ class Refresher:
         for leadership in self._leaders.values():
             leadership.stop(timeout)
         for state in self._states.values():
-            state.engine.dispose()
+            if not state.borrowed:
+                state.engine.dispose()
 
     def refresh_all(self) -> list[RefreshOutcome]:
         """Refresh every store now, on the calling thread."""
@@ -249,14 +260,15 @@ class Refresher:
         store = state.store
         begun = time.monotonic()
         try:
-            with (
-                suppress_instrumentation(),
-                state.engine.connect() as c,
-                c.begin(),
-            ):
+            with suppress_instrumentation(), self._connection(state) as c:
                 if store.bound is None:
                     store.bind(c)
                 snapshot = store.read(c)
+        except PoolStarved as exc:
+            failure = DatabaseFailure("pool", str(exc))
+            return RefreshOutcome(
+                store.name, time.monotonic() - begun, failure=failure
+            )
         except Exception as exc:
             if isinstance(exc, ConfigError):
                 # The table may have been dropped or renamed: map it again
@@ -266,6 +278,16 @@ class Refresher:
                 store.name, time.monotonic() - begun, failure=classify(exc)
             )
         return RefreshOutcome(store.name, time.monotonic() - begun, snapshot)
+
+    @contextmanager
+    def _connection(self, state: _StoreState) -> Iterator[Connection]:
+        if state.borrowed:
+            timeout = self.config.statement_timeout_seconds
+            with borrowed_connection(state.engine, timeout) as connection:
+                yield connection
+            return
+        with state.engine.connect() as connection, connection.begin():
+            yield connection
 
     def _schedule(self, state: _StoreState, outcome: RefreshOutcome) -> None:
         interval = self.config.refresh_interval_seconds
