@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from otel_batchmon._engine import classify
+from otel_batchmon._engine import classify, mask_text
 from otel_batchmon._state_engine import create_state_engine
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.state import StateError, StateStore, StateUnavailable
@@ -63,7 +63,13 @@ class StateHandle:
             problem = classify(exc).message
             if problem != self._last_problem:
                 self._last_problem = problem
-                _log.warning("events wait for the state database: %s", problem)
+                where = self.state.where if self.state else self.url
+                _log.warning(
+                    "events and incidents wait for the state database "
+                    "(%s): %s",
+                    mask_text(where),
+                    problem,
+                )
             return None
         self.opened = True
         return self.state

@@ -195,7 +195,7 @@ def _cases(s: Setup) -> dict[str, Case]:
             ("run", "--once"), _env(s, s.pg_down, **quiet), 3
         ),
         "run-once db down and collector down": Case(
-            ("run", "--once"), _env(s, s.pg_down), 1
+            ("run", "--once"), _env(s, s.pg_down), 3
         ),
         "run-once db down from toml": Case(
             ("run", "--once", *toml), _env(s, **quiet), 3

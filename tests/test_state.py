@@ -266,5 +266,6 @@ def test_state_database_away_at_start_is_waited_for_not_given_up(
     assert third is not None
     assert not handle.off
     waits = [r for r in caplog.records if "wait for the state" in r.message]
+    assert "state.db" in waits[0].message
     assert len(waits) == 1
     handle.close()
