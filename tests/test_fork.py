@@ -206,8 +206,14 @@ def test_parent_postgres_session_survives_the_child(
 
     monitor.start()
     try:
-        poll(lambda: _completed(monitor), "the parent's first refresh")
-        # The parent's sessions: the refresher's, and a leader lock's.
+        # Wait for two whole refreshes: the state database (events and
+        # alert incidents) is first opened after the first read, so the
+        # parent's set of sessions is complete only then.
+        poll(
+            lambda: True if _refreshes(reader) >= 2 else None,
+            "the parent's first two refreshes",
+        )
+        # The parent's sessions: the refresher's and the state store's.
         parent_sessions = sessions()
         assert parent_sessions
 
