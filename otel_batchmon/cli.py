@@ -24,7 +24,7 @@ from typing import TextIO
 from otel_batchmon._cli_stuck import add_stuck_commands, list_stuck, resolve
 from otel_batchmon._engine import mask_text
 from otel_batchmon.config import MonitorConfig, load_config, parse_config
-from otel_batchmon.errors import BatchmonError, ConfigError, StoreError
+from otel_batchmon.errors import ConfigError, ExportError, StoreError
 from otel_batchmon.health import HealthServer
 from otel_batchmon.monitor import BatchMonitor
 from otel_batchmon.refresher import RefreshOutcome
@@ -42,10 +42,6 @@ EXIT_INTERRUPTED = 130
 _log = logging.getLogger("otel_batchmon")
 
 
-class _ExportFailed(BatchmonError):
-    pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     args = _parser().parse_args(argv)
@@ -61,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_CONFIG, str(exc), args.debug)
     except StoreError as exc:
         return _fail(EXIT_DATABASE, str(exc), args.debug)
-    except _ExportFailed as exc:
+    except ExportError as exc:
         return _fail(EXIT_EXPORT, str(exc), args.debug)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -158,17 +154,17 @@ def _once(config: MonitorConfig, telemetry: Telemetry, out: TextIO) -> int:
     # A failed refresh is reported once, in the error line below.
     logging.getLogger("otel_batchmon.refresher").setLevel(logging.ERROR)
     monitor = BatchMonitor(config, telemetry.provider)
-    export_failure: _ExportFailed | None = None
+    export_failure: ExportError | None = None
     try:
         outcomes = monitor.refresh_now()
         try:
             _flush(telemetry, config)
-        except _ExportFailed as exc:
+        except ExportError as exc:
             export_failure = exc
     finally:
         monitor.stop()
         telemetry.shutdown()
-    _print_summary(monitor, outcomes, out)
+    _print_summary(outcomes, out)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         # Both failures in the one line: fixing only the first would hide
@@ -185,7 +181,7 @@ def _flush(telemetry: Telemetry, config: MonitorConfig) -> None:
         return
     telemetry.provider.force_flush()
     if telemetry.failed_exports():
-        raise _ExportFailed(
+        raise ExportError(
             "could not export metrics to "
             + " and ".join(telemetry.targets)
             + "; check that a collector listens there and speaks that "
@@ -204,9 +200,7 @@ def _refresh_failure_line(failed: list[RefreshOutcome]) -> str:
     return "; ".join(parts)
 
 
-def _print_summary(
-    monitor: BatchMonitor, outcomes: list[RefreshOutcome], out: TextIO
-) -> None:
+def _print_summary(outcomes: list[RefreshOutcome], out: TextIO) -> None:
     for outcome in outcomes:
         if outcome.snapshot is not None:
             print("\n".join(outcome.snapshot.summary_lines()), file=out)
