@@ -136,6 +136,13 @@ class BatchStore:
         """The mapped table as a SQLAlchemy table clause (bound stores)."""
         return self._table(self._require_bound())
 
+    def role(self, name: str) -> ColumnElement[Any] | None:
+        """The SQL expression of a column role over ``table_clause()``, or
+        None when the mapping has no such role (bound stores)."""
+        bound = self._require_bound()
+        found = bound.columns.get(name)
+        return None if found is None else column(found)
+
     def stuck_condition(self) -> ColumnElement[bool]:
         """Rows started (or, never started, queued) before the bound
         ``stuck_shift`` cut-off; the same test as ``batch.stuck.count``."""
