@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, cast, column, func, literal, select
+from sqlalchemy import String, cast, column, func, literal, null, select
 from sqlalchemy.engine import Connection
 
 from otel_batchmon.store import BatchStore
@@ -45,23 +45,27 @@ def stuck_batches(
     """Batches stuck past ``threshold_seconds``, oldest first."""
     bound = store._require_bound()
     ts = store.time_sql()
-    start = bound.times["started_at"]
+    start = bound.times.get("started_at")
     queued = bound.times.get("queued_at")
     status: Any = column(bound.columns["status"])
     kind_name = bound.columns.get("kind")
     kind = column(kind_name) if kind_name else literal(None)
     raw = store.statuses.raw_values(store.config.stuck_statuses)
-    since = ts.epoch(start)
+    if start is None and queued is None:
+        return []
+    raw_start: Any = start.column if start is not None else null()
+    since: Any = ts.epoch(start) if start is not None else None
     if queued is not None:
         # A pending batch that never started is stuck by its queued time.
-        since = func.coalesce(ts.epoch(start), ts.epoch(queued))
+        waited = ts.epoch(queued)
+        since = waited if since is None else func.coalesce(since, waited)
     query = (
         select(
             column(bound.columns["id"]),
             cast(status, String(255)),
             cast(kind, String(255)),
             since,
-            start.column,
+            raw_start,
             ts.now_epoch("now_shift"),
         )
         .select_from(store.table_clause())

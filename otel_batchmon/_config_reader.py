@@ -9,12 +9,13 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from otel_batchmon._config_mapping import WITH_OTHER, MappingReader
+from otel_batchmon._config_preset import apply_preset
 from otel_batchmon._config_values import (
     STORE_NAME,
     backfill,
     boolean,
     database_url,
-    identifier,
     non_negative_duration,
     optional_duration,
     page_size,
@@ -30,17 +31,14 @@ from otel_batchmon._config_values import (
 )
 from otel_batchmon._parse import split_list
 from otel_batchmon.config import (
-    CANONICAL_STATUSES,
-    COLUMN_ROLES,
-    DEFAULT_COLUMNS,
     MONITOR_KEYS,
-    OPTIONAL_ROLES,
     STORE_KEYS,
     AlertConfig,
     ColumnMap,
     MonitorConfig,
     StoreConfig,
 )
+from otel_batchmon.mapping import RowMapping
 
 __all__ = ["Reader"]
 
@@ -224,29 +222,42 @@ class _StoreReader:
         self.where = where
 
     def read(
-        self, name: str | None, data: Mapping[str, Any]
+        self, name: str | None, given: Mapping[str, Any]
     ) -> StoreConfig | None:
         r, w = self.reader, self.where
         known = STORE_KEYS if name is None else STORE_KEYS[1:]
         if name is not None:
-            r.unknown_keys(data, known, w[:-1])
+            r.unknown_keys(given, known, w[:-1])
         before = len(r.problems)
+        data, preset = apply_preset(r, w, given)
         url = r.take(data, "database_url", w, database_url, "")
         if "database_url" not in data:
             r.problems.append(f"{w}database_url: missing; set it")
         no_table: tuple[str | None, str] = (None, "")
         schema, table = r.take(data, "table", w, table_name, no_table)
-        if "table" not in data:
-            r.problems.append(f"{w}table: missing; name the batch table")
+        if "table" in data and "query" in data:
+            r.fail(f"{w}query", "", "set either table or query, not both")
+        elif "table" not in data and "query" not in data:
+            r.problems.append(
+                f"{w}table: missing; name the batch table (or set query, "
+                "or a preset)"
+            )
         chosen = name or r.take(data, "name", w, store_name, table)
         if name is not None and not STORE_NAME.fullmatch(name):
             r.fail(w[:-1], name, "store names use 1-64 letters, digits, _.-")
+        mapper = MappingReader(r, w)
+        mapping = mapper.mapping(
+            data, preset.name, preset.parameters, preset.zone_hint
+        )
+        columns = mapper.columns(data.get("columns", {}), bool(mapping.query))
+        self.check_mapping(columns, mapping)
         store = StoreConfig(
             name=chosen or "default",
             database_url=url,
             table=table,
             schema=schema,
-            columns=self.columns(data.get("columns", {})),
+            columns=columns,
+            mapping=mapping,
             statuses=self.statuses(data.get("statuses", {})),
             stuck_statuses=r.take(
                 data, "stuck_statuses", w, stuck_statuses, ("processing",)
@@ -305,36 +316,40 @@ class _StoreReader:
             ),
         )
 
-    def columns(self, data: object) -> ColumnMap:
-        where = f"{self.where}columns"
-        if not isinstance(data, dict):
-            self.reader.fail(where, data, "must be a table of role = column")
-            data = {}
-        self.reader.unknown_keys(data, COLUMN_ROLES, where)
-        chosen: dict[str, str | None] = {}
-        for role in COLUMN_ROLES:
-            value = data.get(role, DEFAULT_COLUMNS[role])
-            if value in ("", False) and role in OPTIONAL_ROLES:
-                chosen[role] = None
-                continue
-            try:
-                chosen[role] = identifier(value)
-            except (ValueError, TypeError) as exc:
-                self.reader.fail(f"{where}.{role}", value, str(exc))
-                chosen[role] = DEFAULT_COLUMNS[role]
-        explicit = frozenset(r for r in data if chosen.get(r))
-        return ColumnMap(**chosen, explicit=explicit)  # type: ignore[arg-type]
+    def check_mapping(self, columns: ColumnMap, mapping: RowMapping) -> None:
+        w = self.where
+        if columns.source("status") is None:
+            if not mapping.status_rules:
+                self.reader.problems.append(
+                    f"{w}columns.status: turned off, but no status_rules "
+                    "decide the status; map the status column or add rules"
+                )
+            elif mapping.default_status is None:
+                self.reader.problems.append(
+                    f"{w}default_status: missing; without a status column "
+                    "it is the status of rows no rule matches"
+                )
+        for role in mapping.only_when:
+            if columns.source(role) is None:
+                self.reader.problems.append(
+                    f"{w}only_when.{role}: the role is not mapped"
+                )
+        if columns.source(mapping.window_by) is None:
+            self.reader.problems.append(
+                f"{w}window_by: {mapping.window_by} is not mapped"
+            )
 
     def statuses(self, data: object) -> dict[str, tuple[str | int, ...]]:
         where = f"{self.where}statuses"
         if not isinstance(data, dict):
             self.reader.fail(where, data, "must be a table of status = [..]")
             data = {}
-        self.reader.unknown_keys(data, CANONICAL_STATUSES, where)
+        self.reader.unknown_keys(data, WITH_OTHER, where)
         mapping: dict[str, tuple[str | int, ...]] = {}
         owner: dict[str | int, str] = {}
-        for canonical in CANONICAL_STATUSES:
-            raw = split_list(data.get(canonical, [canonical]))
+        for canonical in WITH_OTHER:
+            default = [] if canonical == "other" else [canonical]
+            raw = split_list(data.get(canonical, default))
             values: list[str | int] = []
             for value in raw:
                 if isinstance(value, bool) or not isinstance(value, str | int):

@@ -39,12 +39,24 @@ _UNIX_EPOCH_JULIAN_DAY = 2440587.5
 _FIXED_OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})")
 
 
+# Seconds per unit of the epoch encodings.
+EPOCH_SCALE = {"epoch_s": 1.0, "epoch_float": 1.0, "epoch_ms": 1000.0}
+
+
 @dataclass(frozen=True)
 class TimeColumn:
-    """A timestamp column and how to read a naive value from it."""
+    """A time column and how to read it: ``encoding`` is ``timestamp``
+    (``aware`` telling whether a value is an absolute instant) or one of
+    the epoch encodings, numbers of seconds or milliseconds since 1970."""
 
     column: ColumnElement[Any]
     aware: bool
+    encoding: str = "timestamp"
+
+    @property
+    def epoch_scale(self) -> float | None:
+        """Units per second for an epoch column, else None."""
+        return EPOCH_SCALE.get(self.encoding)
 
 
 class TimeSql:
@@ -58,16 +70,35 @@ class TimeSql:
     def __init__(self, zone: str) -> None:
         self.zone = zone
 
+    # An epoch column is compared as the number it is, against the epoch
+    # of the clock in the same unit, so an index on it stays usable.
     def value(self, col: TimeColumn) -> ColumnElement[Any]:
         """The column as compared with ``at``."""
-        return col.column
+        if col.epoch_scale is not None:
+            return col.column
+        return self._value(col)
 
     def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
         """The database clock plus ``shift`` seconds, comparable to col."""
-        raise NotImplementedError
+        if col.epoch_scale is not None:
+            return self.now_epoch(shift) * col.epoch_scale
+        return self._at(col, shift)
 
     def epoch(self, col: TimeColumn) -> ColumnElement[float]:
         """Seconds since 1970-01-01 UTC of the column's value."""
+        scale = col.epoch_scale
+        if scale is not None:
+            seconds: ColumnElement[float] = cast(col.column, Double)
+            return seconds / scale if scale != 1.0 else seconds
+        return self._epoch(col)
+
+    def _value(self, col: TimeColumn) -> ColumnElement[Any]:
+        return col.column
+
+    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def _epoch(self, col: TimeColumn) -> ColumnElement[float]:
         raise NotImplementedError
 
     def now_epoch(self, shift: str) -> ColumnElement[float]:
@@ -96,12 +127,12 @@ class _PostgresTime(TimeSql):
             return cast(literal(self.zone), Interval)
         return literal(self.zone)
 
-    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
         if col.aware:
             return self._now(shift)
         return func.timezone(self._zone(), self._now(shift))
 
-    def epoch(self, col: TimeColumn) -> ColumnElement[float]:
+    def _epoch(self, col: TimeColumn) -> ColumnElement[float]:
         value = col.column
         if not col.aware and self.zone != "UTC":
             value = func.timezone(self._zone(), value)
@@ -119,12 +150,12 @@ class _MysqlTime(TimeSql):
             text("MICROSECOND"), bindparam(shift), func.utc_timestamp(6)
         )
 
-    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
         if col.aware or self.zone == "UTC":
             return self._now(shift)
         return func.convert_tz(self._now(shift), "+00:00", self.zone)
 
-    def epoch(self, col: TimeColumn) -> ColumnElement[float]:
+    def _epoch(self, col: TimeColumn) -> ColumnElement[float]:
         value: ColumnElement[Any] = col.column
         if not col.aware and self.zone != "UTC":
             value = func.convert_tz(value, self.zone, "+00:00")
@@ -169,7 +200,7 @@ class _SqliteTime(TimeSql):
             hours = sign * (int(match.group(2)) + int(match.group(3)) / 60)
         self._offset_days = hours / 24.0
 
-    def value(self, col: TimeColumn) -> ColumnElement[Any]:
+    def _value(self, col: TimeColumn) -> ColumnElement[Any]:
         day = func.julianday(col.column)
         if not self._offset_days:
             return day
@@ -180,11 +211,11 @@ class _SqliteTime(TimeSql):
         )
         return case((has_zone, day), else_=day - self._offset_days)
 
-    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
         return func.julianday("now") + bindparam(shift, type_=Double)
 
-    def epoch(self, col: TimeColumn) -> ColumnElement[float]:
-        return (self.value(col) - _UNIX_EPOCH_JULIAN_DAY) * 86400.0
+    def _epoch(self, col: TimeColumn) -> ColumnElement[float]:
+        return (self._value(col) - _UNIX_EPOCH_JULIAN_DAY) * 86400.0
 
     def now_epoch(self, shift: str) -> ColumnElement[float]:
         return (

@@ -19,12 +19,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
-    column,
     func,
     null,
     or_,
     select,
-    table,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
@@ -71,10 +69,7 @@ class RowQuery:
         self.slack = _SLACK_SECONDS
         if store.config.timezone != "UTC":
             self.slack += _ZONE_SLACK_SECONDS
-        names = sorted(set(bound.columns.values()))
-        self.t = table(
-            bound.name, *(column(n) for n in names), schema=bound.schema
-        )
+        self.t = store.table_clause()
         self.finish = bound.times["finished_at"]
         self.key = _micros(self.ts.epoch(self.finish))
         self.id = _as_text(self._col("id"), bound.dialect)
@@ -151,13 +146,13 @@ class RowQuery:
 
     def _row_columns(self) -> list[Any]:
         times, ts = self.bound.times, self.ts
-        start, queued = times["started_at"], times.get("queued_at")
-        duration = ts.epoch(self.finish) - ts.epoch(start)
-        queue = (
-            ts.epoch(start) - ts.epoch(queued)
-            if queued is not None
-            else null()
-        )
+        start, queued = times.get("started_at"), times.get("queued_at")
+        duration: Any = null()
+        queue: Any = null()
+        if start is not None:
+            duration = ts.epoch(self.finish) - ts.epoch(start)
+            if queued is not None:
+                queue = ts.epoch(start) - ts.epoch(queued)
         return [
             self.key.label("k"),
             self.id.label("i"),

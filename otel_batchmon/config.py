@@ -15,12 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from otel_batchmon.errors import ConfigError
+from otel_batchmon.mapping import (
+    Condition,
+    JsonPath,
+    RoleSource,
+    RowMapping,
+    StatusRule,
+)
 
 __all__ = [
     "CANONICAL_STATUSES",
     "COLUMN_ROLES",
     "ColumnMap",
+    "Condition",
+    "JsonPath",
     "MonitorConfig",
+    "RowMapping",
+    "StatusRule",
     "StoreConfig",
     "load_config",
     "parse_config",
@@ -37,20 +48,48 @@ OPTIONAL_ROLES = (
     "records_failed",
     "kind",
     "error",
+    "due_at",
+    "heartbeat_at",
 )
 COLUMN_ROLES = REQUIRED_ROLES + OPTIONAL_ROLES
-# Column names of the table `otel-batchmon init-db` creates.
-DEFAULT_COLUMNS = {role: role for role in COLUMN_ROLES} | {
-    "queued_at": "created_at"
-}
+TIME_ROLES = (
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "due_at",
+    "heartbeat_at",
+)
+# Roles a mapping may leave out ("") although a plain table needs them: the
+# status when status_rules decide it, the start when the table has none.
+DISPENSABLE_ROLES = ("status", "started_at")
+# Column names of the table `otel-batchmon init-db` creates; due_at and
+# heartbeat_at are not among them, so they are used only when mapped.
+DEFAULT_COLUMNS: dict[str, str] = {
+    role: role
+    for role in COLUMN_ROLES
+    if role not in ("due_at", "heartbeat_at")
+} | {"queued_at": "created_at"}
 
 STORE_KEYS = (
     "name",
     "database_url",
     "table",
+    "query",
+    "preset",
+    "preset_parameters",
+    "preset_rules",
+    "filter",
     "columns",
+    "optional_roles",
     "statuses",
+    "status_rules",
+    "default_status",
     "stuck_statuses",
+    "window_by",
+    "only_when",
+    "finish_optional_for",
+    "timestamps",
+    "unavailable",
     "window",
     "stuck_after",
     "timezone",
@@ -86,23 +125,32 @@ class ColumnMap:
 
     ``explicit`` holds the roles the user named, which must exist; the
     other optional roles are used only when the table has that column.
+    ``sources`` holds the roles read from a fallback chain or a JSON path;
+    their plain-name field is None.
     """
 
-    id: str
-    status: str
-    started_at: str
-    finished_at: str
+    id: str | None
+    status: str | None
+    started_at: str | None
+    finished_at: str | None
     queued_at: str | None = None
     records_total: str | None = None
     records_failed: str | None = None
     kind: str | None = None
     error: str | None = None
+    due_at: str | None = None
+    heartbeat_at: str | None = None
     explicit: frozenset[str] = frozenset()
+    sources: Mapping[str, RoleSource] = field(default_factory=dict)
 
     def get(self, role: str) -> str | None:
-        """Return the column mapped to ``role``."""
+        """Return the plain column mapped to ``role``, if it is one."""
         value: str | None = getattr(self, role)
         return value
+
+    def source(self, role: str) -> RoleSource | None:
+        """Return where ``role`` is read from, or None when it is off."""
+        return self.sources.get(role) or self.get(role)
 
 
 @dataclass(frozen=True)
@@ -147,10 +195,13 @@ class StoreConfig:
     stuck_after_seconds: float = 4 * 3600.0
     timezone: str = "UTC"
     alerts: AlertConfig = field(default_factory=lambda: AlertConfig())
+    mapping: RowMapping = field(default_factory=lambda: RowMapping())
 
     @property
     def qualified_table(self) -> str:
         """The table name as a user writes it, schema included."""
+        if not self.table and self.mapping.query:
+            return "(query)"
         return f"{self.schema}.{self.table}" if self.schema else self.table
 
 

@@ -170,6 +170,7 @@ class _StoreEvents:
             f"batch.kind of store {self.name}", MAX_KINDS
         )
         self._last_problem: str | None = None
+        self.unavailable = store.unavailable()
 
     def run(self, engine: Engine) -> None:
         state = self.handle.ready()
@@ -281,13 +282,18 @@ class _StoreEvents:
         base: dict[str, str],
         with_status: dict[str, str],
     ) -> None:
-        if row.duration is None:
-            self._invalid("finish_without_start")
+        unavailable = self.unavailable
+        if "batch.duration" in unavailable:
+            pass
+        elif row.duration is None:
+            # A batch cancelled before it ran has no start: not invalid.
+            if with_status["batch.status"] != "other":
+                self._invalid("finish_without_start")
         elif row.duration < 0:
             self._invalid("finish_before_start")
         else:
             self.instruments.duration.record(row.duration, with_status)
-        if row.queue is None:
+        if row.queue is None or "batch.queue.duration" in unavailable:
             return
         if row.queue < 0:
             self._invalid("start_before_queued")
@@ -295,7 +301,7 @@ class _StoreEvents:
             self.instruments.queue.record(row.queue, base)
 
     def _records(self, row: FinishedRow, base: dict[str, str]) -> None:
-        if row.records_total is None:
+        if row.records_total is None or "batch.records" in self.unavailable:
             return
         total = _whole(row.records_total)
         failed = (

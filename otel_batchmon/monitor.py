@@ -104,6 +104,7 @@ class BatchMonitor:
             engines=engines,
         )
         self._active = False
+        self._stores = {s.name: s for s in self.refresher.stores}
         self._failed_callbacks: set[str] = set()
         self._register(self._meter)
 
@@ -199,6 +200,9 @@ class BatchMonitor:
     def _snapshot_points(self, name: str) -> Iterator[Observation]:
         read = _SNAPSHOT_GAUGES[name]
         for store, snapshot in self._fresh():
+            # A metric the mapping cannot produce is absent, never 0.
+            if name in self._stores[store].unavailable():
+                continue
             for value, attributes in read(snapshot):
                 yield Observation(value, {"batch.store": store, **attributes})
 

@@ -103,6 +103,17 @@ class StatusMap:
             raise ConfigError(problems)
         return StatusMap(converted, self.case_insensitive)
 
+    def with_rules(self, mark: str) -> StatusMap:
+        """The mapping for a status computed by rules: values compare as
+        text, and each rule's ``mark + status`` means that status."""
+        texts: dict[str, tuple[str | int, ...]] = {
+            canonical: tuple(str(v) for v in values)
+            for canonical, values in self.mapping.items()
+        }
+        for canonical in (*CANONICAL_STATUSES, OTHER):
+            texts[canonical] = (*texts.get(canonical, ()), mark + canonical)
+        return StatusMap(texts, self.case_insensitive)
+
     def for_dialect(self, dialect: str) -> StatusMap:
         """The same mapping, matching case as the dialect's SQL does."""
         folding = dialect in ("mysql", "mariadb")
@@ -144,7 +155,7 @@ class _Assembly:
                 self.now = float(now)
                 continue
             status = self.statuses.canonical(raw, self.config.name)
-            if status == OTHER:
+            if status == OTHER and not self.statuses.is_known(raw):
                 self.unmapped.add("NULL" if raw is None else repr(raw))
             if part == "w":
                 self.add_window(status, numbers)
@@ -156,14 +167,23 @@ class _Assembly:
 
     def add_window(self, status: str, numbers: list[float]) -> None:
         count, valid, total, backwards, no_start, no_finish, late = numbers
+        mapping = self.config.mapping
         self.window[status] += int(count)
         if status in self.finished:
             self.finished[status] += count
             self.duration_count += int(valid)
             self.duration_sum += total
-            self.invalid["finished_without_finish_time"] += int(no_finish)
+            # Some tables never record a finish for some statuses (a
+            # Laravel batch that ran with failures): not invalid there.
+            if status not in mapping.finish_optional_for:
+                self.invalid["finished_without_finish_time"] += int(no_finish)
         self.invalid["finish_before_start"] += int(backwards)
-        self.invalid["finish_without_start"] += int(no_start)
+        # Only a finished batch must have started: a batch cancelled
+        # before it ran has a finish and no start. A start kept only for
+        # some statuses (only_when) is missing by design on the others.
+        starts = mapping.only_when.get("started_at", self.finished)
+        if status in self.finished and status in starts:
+            self.invalid["finish_without_start"] += int(no_start)
         self.invalid["future_timestamp"] += int(late)
 
     def add_active(

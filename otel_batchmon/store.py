@@ -8,39 +8,33 @@ reflected table and are always quoted by SQLAlchemy, never pasted in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
     Double,
-    Integer,
     String,
     and_,
     case,
     cast,
     column,
+    false,
     func,
-    inspect,
+    literal,
     literal_column,
     null,
     or_,
     select,
-    table,
+    true,
     union_all,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
-from otel_batchmon._dialects import (
-    TimeColumn,
-    TimeSql,
-    is_aware,
-    is_timestamp,
-    time_sql_for,
-)
-from otel_batchmon.config import COLUMN_ROLES, REQUIRED_ROLES, StoreConfig
+from otel_batchmon._dialects import TimeColumn, TimeSql, time_sql_for
+from otel_batchmon._relation import RULE_MARK, BoundTable, bind_relation
+from otel_batchmon.config import StoreConfig
 from otel_batchmon.errors import ConfigError, StoreError
 from otel_batchmon.snapshot import StoreSnapshot
 from otel_batchmon.status import StatusMap
@@ -48,22 +42,19 @@ from otel_batchmon.status import StatusMap
 __all__ = ["BatchStore", "BoundTable"]
 
 _log = logging.getLogger(__name__)
+_ROLE_NAMES = ("started_at", "queued_at", "records_total")
+# Metrics that need a role, and what is said when the mapping lacks it.
+_NEEDS = {
+    "batch.window.duration.mean": ("started_at", "no start time is mapped"),
+    "batch.duration": ("started_at", "no start time is mapped"),
+    "batch.processing.oldest_age": ("started_at", "no start time is mapped"),
+    "batch.queue.duration": ("queued_at", "no queued time is mapped"),
+    "batch.records": ("records_total", "no record count is mapped"),
+}
 _TIME_ROLES = ("queued_at", "started_at", "finished_at")
 _LISTED = 30
 # Every part of the refresh union has these value columns, v0 to v6.
 _SLOTS = 7
-
-
-@dataclass(frozen=True)
-class BoundTable:
-    """The mapped table as it exists: real names, types and zone reading."""
-
-    schema: str | None
-    name: str
-    columns: Mapping[str, str]
-    times: Mapping[str, TimeColumn]
-    status_is_integer: bool
-    dialect: str
 
 
 class BatchStore:
@@ -93,10 +84,11 @@ class BatchStore:
 
     def bind(self, connection: Connection) -> BoundTable:
         """Check the mapping against the real table; raise ConfigError."""
-        self.bound = _reflect(self.config, connection)
-        self.statuses = StatusMap(self.config.statuses).for_dialect(
-            self.bound.dialect
+        statuses = StatusMap(self.config.statuses).for_dialect(
+            connection.dialect.name
         )
+        self.bound = bind_relation(self.config, connection, statuses)
+        self.statuses = statuses.with_rules(RULE_MARK)
         if self.bound.status_is_integer:
             self.statuses = self.statuses.as_integers(self.config.name)
         self._time = time_sql_for(self.bound.dialect, self.config.timezone)
@@ -136,6 +128,27 @@ class BatchStore:
         """The mapped table as a SQLAlchemy table clause (bound stores)."""
         return self._table(self._require_bound())
 
+    def unavailable(self) -> dict[str, str]:
+        """Metrics this mapping cannot produce, each with the reason.
+
+        They are left out of the export (never reported as 0): declared
+        by the user or preset, or following from a role the relation
+        lacks. Before ``bind`` only the configured roles are known.
+        """
+        found = dict(self.config.mapping.unavailable)
+        if self.bound is not None:
+            has = set(self.bound.columns)
+        else:
+            has = {r for r in _ROLE_NAMES if self.config.columns.source(r)}
+        for metric, (role, why) in _NEEDS.items():
+            if role not in has:
+                found.setdefault(metric, why)
+        if "started_at" not in has and not (
+            "queued_at" in has and "pending" in self.config.stuck_statuses
+        ):
+            found.setdefault("batch.stuck.count", "no start time is mapped")
+        return found
+
     def role(self, name: str) -> ColumnElement[Any] | None:
         """The SQL expression of a column role over ``table_clause()``, or
         None when the mapping has no such role (bound stores)."""
@@ -171,10 +184,7 @@ class BatchStore:
 
     @staticmethod
     def _table(bound: BoundTable) -> Any:
-        names = sorted(set(bound.columns.values()))
-        return table(
-            bound.name, *(column(n) for n in names), schema=bound.schema
-        )
+        return bound.source
 
     def _refresh_statement(self) -> Select[Any]:
         bound = self._require_bound()
@@ -188,6 +198,10 @@ class BatchStore:
 class _RefreshParts:
     """The three selects of the refresh, each with the same columns:
     part, status, v0..v6, now. One round trip carries them all.
+
+    A mapping may lack a start time (the dependent values are then NULL
+    or 0 and the metrics declared unavailable) and may have a due time,
+    before which a pending row is not yet waiting.
     """
 
     def __init__(self, store: BatchStore, bound: BoundTable, t: Any) -> None:
@@ -196,9 +210,10 @@ class _RefreshParts:
         self.statuses = store.statuses
         self.config = store.config
         self.status = t.c[bound.columns["status"]]
-        self.start = bound.times["started_at"]
+        self.start = bound.times.get("started_at")
         self.finish = bound.times["finished_at"]
         self.queued = bound.times.get("queued_at")
+        self.due = bound.times.get("due_at")
         self.t = t
 
     def _before_now(self, col: TimeColumn) -> ColumnElement[bool]:
@@ -224,61 +239,103 @@ class _RefreshParts:
             cast(now, Double).label("now"),
         ]
 
-    def window(self) -> Select[Any]:
-        start, finish, ts = self.start, self.finish, self.ts
-        in_window = self._within(start)
-        if self.queued is not None:
-            in_window = or_(
-                in_window,
-                and_(start.column.is_(None), self._within(self.queued)),
+    def in_window(self) -> ColumnElement[bool]:
+        """The row's window time is within [now - W, now]: its start, else
+        its queued time, unless the mapping windows by another role."""
+        by = self.config.mapping.window_by
+        if by == "finished_at":
+            return self._within(self.finish)
+        if by == "queued_at" and self.queued is not None:
+            return self._within(self.queued)
+        start, queued = self.start, self.queued
+        if start is None:
+            return self._within(queued) if queued is not None else false()
+        inside = self._within(start)
+        if queued is not None:
+            inside = or_(
+                inside, and_(start.column.is_(None), self._within(queued))
             )
-        both = and_(start.column.isnot(None), finish.column.isnot(None))
-        duration = ts.epoch(finish) - ts.epoch(start)
-        valid = and_(both, duration >= 0, self._before_now(finish))
+        return inside
+
+    def window(self) -> Select[Any]:
+        finish = self.finish
         finished_late = and_(
             finish.column.isnot(None), ~self._before_now(finish)
         )
         values = [
             func.count(),
-            func.count(case((valid, 1))),
-            func.sum(case((valid, duration))),
-            func.sum(case((and_(both, duration < 0), 1), else_=0)),
-            func.sum(
-                case(
-                    (
-                        and_(
-                            finish.column.isnot(None), start.column.is_(None)
-                        ),
-                        1,
-                    ),
-                    else_=0,
-                )
-            ),
+            *self._durations(),
             func.sum(case((finish.column.is_(None), 1), else_=0)),
             func.sum(case((finished_late, 1), else_=0)),
         ]
         return (
             select(*self._row("w", self.status, values, None))
             .select_from(self.t)
-            .where(in_window)
+            .where(self.in_window())
             .group_by(self.status)
+        )
+
+    def _durations(self) -> list[Any]:
+        """v1..v4: valid durations, their sum, finish before start, and
+        finish without start."""
+        start, finish, ts = self.start, self.finish, self.ts
+        if start is None:
+            return [literal(0), null(), literal(0), literal(0)]
+        both = and_(start.column.isnot(None), finish.column.isnot(None))
+        duration = ts.epoch(finish) - ts.epoch(start)
+        valid = and_(both, duration >= 0, self._before_now(finish))
+        no_start = and_(finish.column.isnot(None), start.column.is_(None))
+        return [
+            func.count(case((valid, 1))),
+            func.sum(case((valid, duration))),
+            func.sum(case((and_(both, duration < 0), 1), else_=0)),
+            func.sum(case((no_start, 1), else_=0)),
+        ]
+
+    def _waiting_since(self) -> ColumnElement[Any] | None:
+        """Epoch from which a pending row waits: the later of its queued
+        and due times (the start time when the table has neither)."""
+        queued, due, ts = self.queued, self.due, self.ts
+        if due is None:
+            basis = queued if queued is not None else self.start
+            return None if basis is None else ts.epoch(basis)
+        if queued is None:
+            return ts.epoch(due)
+        later = and_(
+            due.column.isnot(None),
+            or_(queued.column.is_(None), ts.epoch(due) > ts.epoch(queued)),
+        )
+        return case((later, ts.epoch(due)), else_=ts.epoch(queued))
+
+    def _is_due(self, shift: str) -> ColumnElement[bool]:
+        due = self.due
+        if due is None:
+            return true()
+        return or_(
+            due.column.is_(None), self.ts.value(due) <= self.ts.at(due, shift)
         )
 
     def stuck_since(self) -> ColumnElement[bool]:
         """Started before the stuck cut-off; a pending row that never
-        started counts from its queued time, when there is one."""
+        started counts from its queued time (or due time), when there is
+        one."""
         start, ts = self.start, self.ts
-        early = ts.value(start) < ts.at(start, "stuck_shift")
-        if self.queued is None:
-            return early
+        early = (
+            ts.value(start) < ts.at(start, "stuck_shift")
+            if start is not None
+            else false()
+        )
         queued = self.queued
+        if queued is None:
+            return early
         # An unbound column, like the time columns: this condition is also
         # used with other table clauses of the same table (alert reads).
         status: Any = column(self.status.name)
         waiting = and_(
-            start.column.is_(None),
+            start.column.is_(None) if start is not None else true(),
             status.in_(self.statuses.raw_values(("pending",))),
             ts.value(queued) < ts.at(queued, "stuck_shift"),
+            self._is_due("stuck_shift"),
         )
         return or_(early, waiting)
 
@@ -287,23 +344,29 @@ class _RefreshParts:
         raw = self.statuses.raw_values(
             ("pending", "processing", *self.config.stuck_statuses)
         )
-        started = start.column.isnot(None)
         values: list[Any] = [
             func.count(),
             func.sum(case((self.stuck_since(), 1), else_=0)),
-            func.min(case((self._before_now(start), ts.epoch(start)))),
+            func.min(case((self._before_now(start), ts.epoch(start))))
+            if start is not None
+            else null(),
         ]
-        # v3: what the pending age runs from: the queued time, or the start
-        # time when the table has no queued column (never a mix of both).
-        basis = self.queued if self.queued is not None else start
-        values.append(
-            func.min(case((self._before_now(basis), ts.epoch(basis))))
-        )
-        values.append(
-            func.sum(
-                case((and_(started, ~self._before_now(start)), 1), else_=0)
+        # v3: what the pending age runs from (see _waiting_since), over
+        # rows that are due and whose basis is not in the future.
+        since = self._waiting_since()
+        if since is None:
+            values.append(null())
+        else:
+            waiting = and_(
+                since <= ts.now_epoch("now_shift"), self._is_due("now_shift")
             )
-        )
+            values.append(func.min(case((waiting, since))))
+        if start is not None:
+            started = start.column.isnot(None)
+            future = and_(started, ~self._before_now(start))
+            values.append(func.sum(case((future, 1), else_=0)))
+        else:
+            values.append(literal(0))
         return (
             select(*self._row("a", self.status, values, None))
             .select_from(self.t)
@@ -324,95 +387,3 @@ class _RefreshParts:
             .select_from(self.t)
             .where(and_(self.status.in_(raw), self._before_now(finish)))
         )
-
-
-def _reflect(config: StoreConfig, connection: Connection) -> BoundTable:
-    dialect = connection.dialect.name
-    inspector = inspect(connection)
-    schema, name = config.schema, config.table
-    where = f"store {config.name!r}"
-    if schema is not None:
-        schemas = list(inspector.get_schema_names())
-        schema = _resolve(schema, schemas)
-        if schema is None:
-            listed = ", ".join(sorted(schemas)[:_LISTED]) or "none"
-            raise ConfigError(
-                [
-                    f"{where}: schema {config.schema!r} of table "
-                    f"{config.qualified_table!r} does not exist; schemas "
-                    f"there: {listed}"
-                ]
-            )
-    tables = list(inspector.get_table_names(schema=schema))
-    tables += list(inspector.get_view_names(schema=schema))
-    real_name = _resolve(name, tables)
-    if real_name is None:
-        listed = ", ".join(sorted(tables)[:_LISTED]) or "none"
-        in_schema = f" in schema {schema!r}" if schema else ""
-        raise ConfigError(
-            [
-                f"{where}: table {config.qualified_table!r} does not exist"
-                f"{in_schema}; tables there: {listed}"
-            ]
-        )
-    reflected = inspector.get_columns(real_name, schema=schema)
-    types = {c["name"]: c["type"] for c in reflected}
-    columns, problems = _map_columns(config, list(types), dialect, types)
-    if problems:
-        raise ConfigError(problems)
-    times = {
-        role: TimeColumn(
-            column(columns[role]), is_aware(dialect, types[columns[role]])
-        )
-        for role in _TIME_ROLES
-        if role in columns
-    }
-    status_type = types[columns["status"]]
-    return BoundTable(
-        schema=schema,
-        name=real_name,
-        columns=columns,
-        times=times,
-        status_is_integer=isinstance(status_type, Integer),
-        dialect=dialect,
-    )
-
-
-def _resolve(wanted: str, existing: Sequence[str]) -> str | None:
-    """Match a name exactly, else case-insensitively when that is unique."""
-    if wanted in existing:
-        return wanted
-    folded = [n for n in existing if n.casefold() == wanted.casefold()]
-    return folded[0] if len(folded) == 1 else None
-
-
-def _map_columns(
-    config: StoreConfig,
-    existing: list[str],
-    dialect: str,
-    types: Mapping[str, Any],
-) -> tuple[dict[str, str], list[str]]:
-    problems: list[str] = []
-    columns: dict[str, str] = {}
-    where = f"stores.{config.name}.columns"
-    listed = ", ".join(existing[:_LISTED])
-    for role in COLUMN_ROLES:
-        wanted = config.columns.get(role)
-        if wanted is None:
-            continue
-        real = _resolve(wanted, existing)
-        needed = role in REQUIRED_ROLES or role in config.columns.explicit
-        if real is None:
-            if needed:
-                problems.append(
-                    f"{where}.{role}: column {wanted!r} is not in table "
-                    f"{config.qualified_table!r}; its columns are: {listed}"
-                )
-            continue
-        if role in _TIME_ROLES and not is_timestamp(dialect, types[real]):
-            problems.append(
-                f"{where}.{role}: column {real!r} has type {types[real]}, "
-                "not a timestamp type"
-            )
-        columns[role] = real
-    return columns, problems

@@ -55,7 +55,11 @@ def expected(
         start, finish = row["started_at"], row["finished_at"]
         if finish is not None and start is not None and finish < start:
             invalid["finish_before_start"] += 1
-        if finish is not None and start is None:
+        if (
+            finish is not None
+            and start is None
+            and status in ("completed", "failed")
+        ):
             invalid["finish_without_start"] += 1
         if finish is None and status in ("completed", "failed"):
             invalid["finished_without_finish_time"] += 1
