@@ -430,11 +430,32 @@ def _machine(targets: list[Target]) -> dict[str, Any]:
         ["nproc"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return {
+        "code": _code_state(),
         "nproc": nproc,
         "memory": meminfo.split(":", 1)[1].strip(),
         "python": platform.python_version(),
         "databases": versions,
         "query_exporter": qexporter.version() or "not installed",
+    }
+
+
+def _code_state() -> dict[str, Any]:
+    """Which otel_batchmon was measured: the commit, and the package
+    files that differed from it (the checkout is shared and moving)."""
+
+    def git(*words: str) -> str:
+        return subprocess.run(
+            ["git", *words],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            check=False,
+        ).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "../otel_batchmon")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_package_files": changed.splitlines(),
     }
 
 
