@@ -39,6 +39,7 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -428,7 +429,8 @@ class _Binder:
         family = _family(self.base.dialect)
         if family == "postgresql":
             keys = ",".join(source.path)
-            text_at: ColumnElement[Any] = col.op("#>>")(
+            # A cast reads json, jsonb and JSON kept in a text column alike.
+            text_at: ColumnElement[Any] = cast(col, JSONB).op("#>>")(
                 literal_column(f"'{{{keys}}}'")
             )
             return text_at

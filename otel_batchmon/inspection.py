@@ -20,9 +20,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.schema import CreateIndex
 
+from otel_batchmon import presets
 from otel_batchmon._engine import classify, create_monitor_engine, mask_url
-from otel_batchmon.config import MonitorConfig, StoreConfig
+from otel_batchmon.config import COLUMN_ROLES, MonitorConfig, StoreConfig
 from otel_batchmon.errors import ConfigError
+from otel_batchmon.mapping import JsonPath
 from otel_batchmon.status import StatusMap
 from otel_batchmon.store import BatchStore
 
@@ -148,10 +150,12 @@ def _check_store(
     store = BatchStore(store_config, config.clock_offset_seconds)
     try:
         with engine.connect() as connection, connection.begin():
-            bound = store.bind(connection)
-            print(f"  columns: {_roles(bound.columns)}", file=out)
+            _report_preset(store_config, out)
+            store.bind(connection)
+            print(f"  columns: {_roles(store_config)}", file=out)
             _report_statuses(store, connection, out)
             _report_indexes(store, connection, out)
+            _report_metrics(store, out)
             snapshot = store.read(connection)
             print("  refresh: ok", file=out)
             for line in snapshot.summary_lines()[1:]:
@@ -173,8 +177,51 @@ def _check_store(
     return True
 
 
-def _roles(columns: Mapping[str, str]) -> str:
-    return ", ".join(f"{role}={name}" for role, name in columns.items())
+def _roles(config: StoreConfig) -> str:
+    shown = []
+    for role in COLUMN_ROLES:
+        source = config.columns.source(role)
+        if isinstance(source, tuple):
+            shown.append(f"{role}=first of {'|'.join(source)}")
+        elif isinstance(source, JsonPath):
+            path = ".".join(source.path)
+            shown.append(f"{role}={source.column}->{path}")
+        elif source is not None:
+            shown.append(f"{role}={source}")
+    if config.mapping.status_rules:
+        shown.append(f"status rules={len(config.mapping.status_rules)}")
+    return ", ".join(shown)
+
+
+def _report_preset(config: StoreConfig, out: TextIO) -> None:
+    mapping = config.mapping
+    if mapping.preset is None:
+        return
+    values = ", ".join(
+        f"{name}={value if value is not None else '(connection default)'}"
+        for name, (_, value) in sorted(mapping.parameters.items())
+    )
+    title = presets.load(mapping.preset).get("title", mapping.preset)
+    print(f"  preset: {mapping.preset} ({title})", file=out)
+    if values:
+        print(f"  preset parameters: {values}", file=out)
+    if mapping.zone_hint == "writer_local" and config.timezone == "UTC":
+        print(
+            "  warning: this framework writes naive local times of the "
+            "program that runs the jobs; set timezone to that zone (it "
+            "is UTC now, so ages are off by the zone's offset otherwise)",
+            file=out,
+        )
+
+
+def _report_metrics(store: BatchStore, out: TextIO) -> None:
+    unavailable = store.unavailable()
+    if not unavailable:
+        print("  metrics: every batch metric is available", file=out)
+        return
+    print("  metrics not available (absent, never 0):", file=out)
+    for metric, why in sorted(unavailable.items()):
+        print(f"    {metric}: {why}", file=out)
 
 
 def _report_statuses(
@@ -203,6 +250,14 @@ def _report_indexes(
 ) -> None:
     bound = store.bound
     assert bound is not None
+    if bound.mapped:
+        hint = _preset_index_advice(store.config)
+        print(
+            "  indexes: not checked for a query or a mapped relation"
+            + (f"; the preset advises: {hint}" if hint else ""),
+            file=out,
+        )
+        return
     existing = _existing_indexes(connection, bound.name, bound.schema)
     missing = [
         advice
@@ -218,6 +273,14 @@ def _report_indexes(
     for advice in missing:
         print(f"    -- {advice.purpose}", file=out)
         print(f"    {advice.statement(connection.dialect)}", file=out)
+
+
+def _preset_index_advice(config: StoreConfig) -> str | None:
+    if config.mapping.preset is None:
+        return None
+    relation = presets.load(config.mapping.preset).get("relation", {})
+    advice = relation.get("window_index")
+    return str(advice) if advice else None
 
 
 def _existing_indexes(

@@ -60,7 +60,28 @@ def foreign_framework(store: StoreConfig) -> str | None:
 
 
 def refuse_foreign(store: StoreConfig) -> None:
-    """Raise ConfigError when the table belongs to a job framework."""
+    """Raise ConfigError when the table belongs to a job framework, or is
+    read through a preset, a query or roles that are not plain columns."""
+    mapping, columns = store.mapping, store.columns
+    if mapping.preset is not None or mapping.query:
+        how = f"preset {mapping.preset!r}" if mapping.preset else "a query"
+        raise ConfigError(
+            [
+                f"store {store.name}: it is read through {how}; otel-batchmon "
+                "never writes to another framework's tables or through a "
+                "query; resolve the job with the framework's own tools"
+            ]
+        )
+    plain = ("id", "status", "finished_at")
+    if mapping.status_rules or not all(columns.get(r) for r in plain):
+        raise ConfigError(
+            [
+                f"store {store.name}: its status or finish time is derived "
+                "(status_rules, a fallback chain or a JSON path), so there "
+                "is no single column to write; resolve the batch in the "
+                "table yourself"
+            ]
+        )
     owner = foreign_framework(store)
     if owner is not None:
         raise ConfigError(

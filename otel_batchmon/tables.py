@@ -76,6 +76,13 @@ def create_tables(config: MonitorConfig) -> list[str]:
     """
     lines = []
     for store in config.stores:
+        if store.mapping.read_only or store.columns.sources:
+            lines.append(
+                f"store {store.name}: left alone; it reads an existing "
+                "relation (a preset, a query or derived roles), which "
+                "init-db does not create"
+            )
+            continue
         engine = create_engine(store.database_url)
         where = f"{store.qualified_table} in {mask_url(store.database_url)}"
         try:
