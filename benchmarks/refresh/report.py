@@ -231,6 +231,9 @@ def svg_plot(cases: list[dict[str, Any]]) -> str:
     y_low = _decade_floor(min(v for v in values if v and v > 0))
     y_high = _decade_ceil(max(values))
     x_low, x_high = _decade_floor(min(sizes)), _decade_ceil(max(sizes))
+    # One decade at least, so a single size or value still has an axis.
+    x_high = max(x_high, x_low * 10)
+    y_high = max(y_high, y_low * 10)
     for index, (database, model) in enumerate(panels):
         left = (index % columns) * width
         top = (index // columns) * height
