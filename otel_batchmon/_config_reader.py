@@ -20,6 +20,7 @@ from otel_batchmon._config_values import (
     optional_duration,
     page_size,
     positive_duration,
+    refresh_mode,
     signed_duration,
     store_name,
     streak_length,
@@ -97,6 +98,12 @@ class Reader:
         config = MonitorConfig(
             stores=self.stores(data.get("stores"), top_store),
             refresh_interval_seconds=interval,
+            refresh_mode=self.take(
+                data, "refresh_mode", "", refresh_mode, "full"
+            ),
+            reconcile_every_seconds=self.take(
+                data, "reconcile_every", "", positive_duration, 600.0
+            ),
             stale_after_seconds=self.take(
                 data, "stale_after", "", positive_duration, 3 * interval
             ),

@@ -19,6 +19,7 @@ __all__ = [
     "optional_duration",
     "page_size",
     "positive_duration",
+    "refresh_mode",
     "signed_duration",
     "store_name",
     "streak_length",
@@ -199,4 +200,13 @@ def streak_length(value: object) -> int:
 def stuck_action(value: object) -> str:
     if value not in ("none", "fail"):
         raise ValueError(f"{value!r} is not an action; use none or fail")
+    return str(value)
+
+
+def refresh_mode(value: object) -> str:
+    if value not in ("full", "incremental"):
+        raise ValueError(
+            f"{value!r} is not a refresh mode; use full (read the whole "
+            "window each time) or incremental (read what changed)"
+        )
     return str(value)

@@ -101,6 +101,8 @@ STORE_KEYS = (
 )
 MONITOR_KEYS = (
     "refresh_interval",
+    "refresh_mode",
+    "reconcile_every",
     "stale_after",
     "statement_timeout",
     "connect_timeout",
@@ -211,6 +213,11 @@ class MonitorConfig:
 
     stores: tuple[StoreConfig, ...]
     refresh_interval_seconds: float = 30.0
+    # "incremental" keeps the window in memory and reads what changed,
+    # with a full read every reconcile_every_seconds; "full" reads the
+    # whole window each time.
+    refresh_mode: str = "full"
+    reconcile_every_seconds: float = 600.0
     stale_after_seconds: float = 90.0
     statement_timeout_seconds: float = 10.0
     connect_timeout_seconds: float = 10.0
