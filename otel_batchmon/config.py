@@ -203,7 +203,8 @@ class StoreConfig:
     def qualified_table(self) -> str:
         """The table name as a user writes it, schema included."""
         if not self.table and self.mapping.query:
-            return "(query)"
+            preset = self.mapping.preset
+            return f"(query of preset {preset})" if preset else "(query)"
         return f"{self.schema}.{self.table}" if self.schema else self.table
 
 
