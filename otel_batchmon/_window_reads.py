@@ -1,0 +1,243 @@
+"""The statements of an incremental refresh, built from a store's roles.
+
+Every expression comes from the bound store's public members (its table
+clause, role expressions, time columns and TimeSql), so the reads follow
+the store's own semantics: the same epochs, the same cut-offs, the same
+status matching as the full read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Double,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
+
+from otel_batchmon._buckets import WindowRow
+from otel_batchmon.errors import StoreError
+from otel_batchmon.status import OTHER
+from otel_batchmon.store import BatchStore
+
+__all__ = ["ACTIVE_OWN", "WindowRead", "WindowReads", "bound_of"]
+
+# The statuses the active gauges report; the stuck statuses join them in
+# the active read.
+ACTIVE_OWN = ("pending", "processing")
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    """One statement's rows, sorted by part."""
+
+    now: float
+    last_success: float | None
+    active: list[tuple[WindowRow, bool]]
+    rows: list[tuple[WindowRow, bool]]
+
+
+class WindowReads:
+    """The statements of one binding, built from the store's roles.
+
+    Every per-row part has the same columns: part, id, status, then the
+    epochs of start, queued and finish, the duration, and flags (start
+    present, finish present, stuck, active). The probe part carries the
+    database clock in the start slot and the last success in the queued
+    slot.
+    """
+
+    def __init__(self, store: BatchStore) -> None:
+        bound = bound_of(store)
+        self.store = store
+        self.ts = store.time_sql()
+        self.t = store.table_clause()
+        self.id = _role(store, "id")
+        self.status = _role(store, "status")
+        self.start = bound.times["started_at"]
+        self.finish = bound.times["finished_at"]
+        self.queued = bound.times.get("queued_at")
+        config = store.config
+        raw = store.statuses.raw_values((*ACTIVE_OWN, *config.stuck_statuses))
+        self.is_active = self.status.in_(raw)
+        ts = self.ts
+        recent = ts.value(self.finish) > ts.at(self.finish, "since_shift")
+        self.changes = union_all(
+            self._rows("a", self.is_active, stuck=True),
+            self._rows("f", and_(self.id.isnot(None), recent)),
+            self._probe(),
+        )
+        self.seed = union_all(
+            self._rows("a", self.is_active, stuck=True),
+            self._rows("w", and_(self._not_active(), self._from_lower())),
+            self._probe(),
+        )
+        self._lookup = self._rows(
+            "d", self.id.in_(bindparam("keys", expanding=True))
+        )
+
+    def run(
+        self, connection: Connection, statement: Any, params: dict[str, Any]
+    ) -> WindowRead:
+        """Execute a union and sort its rows by part."""
+        now: float | None = None
+        last: float | None = None
+        active: list[tuple[WindowRow, bool]] = []
+        rows: list[tuple[WindowRow, bool]] = []
+        for found in connection.execute(statement, params).all():
+            if found[0] == "p":
+                now = float(found[3])
+                last = None if found[4] is None else float(found[4])
+                continue
+            row, is_stuck, is_active = self._decode(found)
+            if found[0] == "a":
+                active.append((row, is_stuck))
+            else:
+                rows.append((row, is_active))
+        if now is None:
+            raise StoreError("the refresh returned no clock row")
+        return WindowRead(now, last, active, rows)
+
+    def lookup(
+        self,
+        connection: Connection,
+        keys: Sequence[Hashable],
+        params: dict[str, Any],
+    ) -> list[tuple[WindowRow, bool]]:
+        """The current state of the rows with these ids."""
+        found = connection.execute(self._lookup, params | {"keys": keys})
+        decoded = (self._decode(row) for row in found.all())
+        return [(row, is_active) for row, _, is_active in decoded]
+
+    def _decode(self, found: Sequence[Any]) -> tuple[WindowRow, bool, bool]:
+        _, key, raw, start, queued, finish, duration = found[:7]
+        started, finished, stuck, active = (bool(v) for v in found[7:11])
+        status = self.store.statuses.canonical(raw, self.store.name)
+        unmapped = None
+        if status == OTHER:
+            unmapped = "NULL" if raw is None else repr(raw)
+        row = WindowRow(
+            key=key,
+            status=status,
+            unmapped=unmapped,
+            start=_float(start),
+            queued=_float(queued),
+            finish=_float(finish),
+            duration=_float(duration),
+            started=started,
+            finished=finished,
+        )
+        return row, stuck, active
+
+    def _not_active(self) -> ColumnElement[bool]:
+        return or_(self.status.is_(None), ~self.is_active)
+
+    def _from_lower(self) -> ColumnElement[bool]:
+        # The window's lower edge only: rows that start ahead of the
+        # clock are held until it reaches them.
+        ts, start = self.ts, self.start
+        since = ts.value(start) >= ts.at(start, "window_shift")
+        if self.queued is None:
+            return since
+        queued = ts.value(self.queued) >= ts.at(self.queued, "window_shift")
+        return or_(since, and_(start.column.is_(None), queued))
+
+    def _rows(
+        self, part: str, where: ColumnElement[bool], stuck: bool = False
+    ) -> Select[Any]:
+        ts = self.ts
+        start = ts.epoch(self.start)
+        finish = ts.epoch(self.finish)
+        queued = null() if self.queued is None else ts.epoch(self.queued)
+        stuck_flag: Any = (
+            _flag(self.store.stuck_condition()) if stuck else null()
+        )
+        return (
+            select(
+                literal_column(f"'{part}'").label("part"),
+                self.id.label("id"),
+                cast(self.status, String(255)).label("status"),
+                _number(start, "start"),
+                _number(queued, "queued"),
+                _number(finish, "finish"),
+                _number(finish - start, "duration"),
+                _number(_flag(self.start.column.isnot(None)), "started"),
+                _number(_flag(self.finish.column.isnot(None)), "finished"),
+                _number(stuck_flag, "stuck"),
+                _number(_flag(self.is_active), "active"),
+            )
+            .select_from(self.t)
+            .where(where)
+        )
+
+    def _probe(self) -> Any:
+        ts, finish = self.ts, self.finish
+        completed = self.store.statuses.raw_values(("completed",))
+        latest = (
+            select(ts.epoch(finish))
+            .select_from(self.t)
+            .where(
+                self.status.in_(completed),
+                ts.value(finish) <= ts.at(finish, "now_shift"),
+            )
+            .order_by(ts.value(finish).desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        empty = [
+            _number(null(), name)
+            for name in ("duration", "started", "finished", "stuck", "active")
+        ]
+        # Typed loosely: SQLAlchemy infers the NULL columns as Never.
+        probe: Any = select(
+            literal_column("'p'").label("part"),
+            literal_column("NULL").label("id"),
+            cast(null(), String(255)).label("status"),
+            _number(ts.now_epoch("now_shift"), "start"),
+            _number(latest, "queued"),
+            _number(null(), "finish"),
+            *empty,
+        )
+        return probe
+
+
+def bound_of(store: BatchStore) -> Any:
+    if store.bound is None:
+        raise StoreError(f"store {store.name!r} is not bound to a table")
+    return store.bound
+
+
+def _role(store: BatchStore, name: str) -> ColumnElement[Any]:
+    found = store.role(name)
+    if found is None:
+        raise StoreError(
+            f"store {store.name!r}: incremental refresh needs the {name} "
+            "role mapped"
+        )
+    return found
+
+
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((condition, 1), else_=0)
+
+
+def _number(value: Any, name: str) -> ColumnElement[float]:
+    return cast(value, Double).label(name)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
