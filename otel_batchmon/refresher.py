@@ -29,6 +29,7 @@ from otel_batchmon._engine import (
 from otel_batchmon._suppress import suppress_instrumentation
 from otel_batchmon.config import MonitorConfig
 from otel_batchmon.errors import ConfigError
+from otel_batchmon.incremental import IncrementalRefresh
 from otel_batchmon.leader import Leadership, lock_for
 from otel_batchmon.snapshot import StoreSnapshot
 from otel_batchmon.store import BatchStore
@@ -78,6 +79,9 @@ class Refresher:
     refresh; it must not raise (errors are logged and ignored).
     ``after_read`` follows each good read of a store, on the same thread
     and under the same lock, with the store and its read-only engine.
+    ``incremental`` (default: the config's ``refresh_mode ==
+    "incremental"``) reads only what changed, with a full reconciliation
+    every ``reconcile_every`` seconds and on each leader change.
     """
 
     def __init__(
@@ -87,6 +91,8 @@ class Refresher:
         clock: Callable[[], float] = time.monotonic,
         after_read: Callable[[BatchStore, Engine], None] | None = None,
         engines: Mapping[str, Engine] | None = None,
+        incremental: bool | None = None,
+        reconcile_every: float | None = None,
     ) -> None:
         self.config = config
         self._on_outcome = on_outcome
@@ -106,6 +112,9 @@ class Refresher:
             )
             for s in config.stores
         }
+        self._incremental = _incremental_reads(
+            config, self._states, incremental, reconcile_every
+        )
         self.started_at = clock()
         self._stop = threading.Event()
         # Set to end a wait early: on stop, and when this instance becomes
@@ -144,6 +153,10 @@ class Refresher:
         return leadership is not None and leadership.unreachable
 
     def _leader_changed(self, leading: bool) -> None:
+        # The rows held in memory may have been read by another leader's
+        # schedule, or not at all: start them again from a full read.
+        for reads in self._incremental.values():
+            reads.request_reconcile()
         if leading:
             for state in self._states.values():
                 state.due = 0.0
@@ -263,7 +276,8 @@ class Refresher:
             with suppress_instrumentation(), self._connection(state) as c:
                 if store.bound is None:
                     store.bind(c)
-                snapshot = store.read(c)
+                reads = self._incremental.get(store.name)
+                snapshot = store.read(c) if reads is None else reads.read(c)
         except PoolStarved as exc:
             failure = DatabaseFailure("pool", str(exc))
             return RefreshOutcome(
@@ -321,6 +335,28 @@ class Refresher:
         state.last_failure = failure
         backoff = min(2 ** (state.failures - 1), _MAX_BACKOFF_INTERVALS)
         state.due = time.monotonic() + interval * backoff
+
+
+def _incremental_reads(
+    config: MonitorConfig,
+    states: Mapping[str, _StoreState],
+    incremental: bool | None,
+    reconcile_every: float | None,
+) -> dict[str, IncrementalRefresh]:
+    if incremental is None:
+        incremental = getattr(config, "refresh_mode", "full") == "incremental"
+    if not incremental:
+        return {}
+    if reconcile_every is None:
+        reconcile_every = getattr(config, "reconcile_every_seconds", 600.0)
+    return {
+        name: IncrementalRefresh(
+            state.store,
+            reconcile_every_seconds=reconcile_every,
+            settle_lag_seconds=config.settle_lag_seconds,
+        )
+        for name, state in states.items()
+    }
 
 
 def _reset_after_fork(refresher: Refresher) -> None:
