@@ -5,9 +5,9 @@ read-only, UTC, and on PostgreSQL no parallel workers and no JIT), so the
 sessions are alike. The statements a refresh sends are captured with the
 ``before_cursor_execute`` event; their database time is then taken from
 ``EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON)`` of the same SQL and
-parameters on PostgreSQL (planning + execution), and is the execute time
-seen by the driver on SQLite and MariaDB (no comparable server figure
-there; the query runs in-process on SQLite).
+parameters on PostgreSQL (planning + execution). SQLite and MariaDB have
+no comparable figure (SQLite runs in-process): there each statement is run
+again on the driver's cursor and timed to its last row.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def database_time(
 ) -> tuple[float, int | None, int | None, int, list[str]]:
     """Database seconds, rows read, buffers and statements explained."""
     if connection.dialect.name != "postgresql":
-        return sum(e.seconds for e in executed), None, None, 0, []
+        return _rerun_seconds(connection, executed), None, None, 0, []
     seconds, rows, buffers, explained = 0.0, 0, 0, 0
     skipped: list[str] = []
     for item in executed:
@@ -112,6 +112,26 @@ def database_time(
         buffers += top.get("Shared Read Blocks", 0)
         explained += 1
     return seconds, rows, buffers, explained, skipped
+
+
+def _rerun_seconds(connection: Connection, executed: list[Executed]) -> float:
+    """Run each statement again on the driver's cursor, to the last row.
+
+    The execute time the events see is not enough on SQLite: execute
+    stops at the first row, and the later parts of a UNION ALL run while
+    rows are fetched.
+    """
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    total = 0.0
+    try:
+        for item in executed:
+            began = time.perf_counter()
+            cursor.execute(item.statement, item.parameters or ())
+            cursor.fetchall()
+            total += time.perf_counter() - began
+    finally:
+        cursor.close()
+    return total
 
 
 def _rows_read(node: dict[str, Any]) -> Iterator[int]:
