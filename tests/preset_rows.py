@@ -140,9 +140,13 @@ def parameters_for(
 
 
 def render_ddl(
-    preset: dict[str, Any], dialect: str, parameters: dict[str, str]
+    preset: dict[str, Any],
+    dialect: str,
+    parameters: dict[str, str],
+    without: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """The test DDL with the parameters in and the real table names.
+    """The test DDL with the parameters in and the real table names,
+    leaving out the columns named in ``without`` (an older release).
 
     Spring Batch's DDL puts the table prefix into constraint names; a
     prefix carrying a schema (``bmp_x.BATCH_``) is not a valid constraint
@@ -152,15 +156,39 @@ def render_ddl(
     statements = [
         substitute(s, _REAL_NAMES, parameters) for s in split_sql(script)
     ]
+    if without:
+        statements = [_without_columns(s, without) for s in statements]
     return [
         re.sub(r"CONSTRAINT\s+\w+\.(\w+)", r"CONSTRAINT \1", s, flags=re.I)
         for s in statements
     ]
 
 
+def optional_columns(preset: dict[str, Any]) -> frozenset[str]:
+    """Columns of the preset's optional roles (absent in some releases)."""
+    columns = preset["columns"]
+    names = [
+        columns.get(role, "") for role in columns.get("optional_roles", [])
+    ]
+    return frozenset(n.lower() for n in names if isinstance(n, str) and n)
+
+
+def _without_columns(statement: str, without: frozenset[str]) -> str:
+    lines = [
+        line
+        for line in statement.splitlines()
+        if line.strip().split(" ", 1)[0].strip('`"').lower() not in without
+    ]
+    return re.sub(r",(\s*\n\s*\))", r"\1", "\n".join(lines))
+
+
 @contextmanager
 def framework_tables(
-    preset: dict[str, Any], backend: str, url: str, engine: Engine
+    preset: dict[str, Any],
+    backend: str,
+    url: str,
+    engine: Engine,
+    without: frozenset[str] = frozenset(),
 ) -> Iterator[Placement]:
     """Create the preset's tables, yield where they are, drop them.
 
@@ -175,7 +203,7 @@ def framework_tables(
         namespace = f"bmp_{preset['name']}"
     parameters = parameters_for(preset, dialect, namespace)
     placement = Placement(preset, backend, url, engine, parameters, namespace)
-    statements = render_ddl(preset, dialect, parameters)
+    statements = render_ddl(preset, dialect, parameters, without)
     try:
         _create(placement, statements)
         yield placement
@@ -264,6 +292,13 @@ class Generated:
     expected_status: dict[str, str]
     # id -> the flaw given to that clone
     flaws: dict[str, str]
+
+    def without(self, columns: frozenset[str]) -> None:
+        """Drop these columns from every row (an older release's layout)."""
+        for group in self.groups:
+            for row in group.rows:
+                for key in [k for k in row if k.lower() in columns]:
+                    del row[key]
 
     def rows_of(self, table: str) -> list[dict[str, Any]]:
         """Rows of every group whose bare table name is ``table``."""
@@ -663,9 +698,17 @@ def _read_column_line(line: str, unique: set[str], not_null: set[str]) -> None:
 # ---------------------------------------------------------------- insert
 
 
-def insert_rows(placement: Placement, data: Generated) -> int:
+def insert_rows(
+    placement: Placement,
+    data: Generated,
+    naive_offset: dt.timedelta = dt.timedelta(0),
+) -> int:
     """Insert every generated row (executemany per table and key set);
-    returns how many rows went in."""
+    returns how many rows went in.
+
+    ``naive_offset`` writes the columns the preset declares ``naive`` as
+    wall-clock time of a zone that far from UTC (a writer's local time).
+    """
     dialect = placement.dialect
     now = data.now.replace(tzinfo=None)
     total = 0
@@ -678,10 +721,17 @@ def insert_rows(placement: Placement, data: Generated) -> int:
                 by_keys.setdefault(tuple(row), []).append(row)
             for keys, rows in by_keys.items():
                 statement = _insert_statement(table, keys, group, dialect)
+                encodings = [group.encoding(k, dialect) for k in keys]
+                shifts = [
+                    naive_offset
+                    if _declared(placement.preset, k, e) == "naive"
+                    else dt.timedelta(0)
+                    for k, e in zip(keys, encodings, strict=True)
+                ]
                 params = [
                     {
                         f"v{i}": _render(
-                            row[k], group.encoding(k, dialect), dialect, now
+                            row[k], encodings[i], dialect, now, shifts[i]
                         )
                         for i, k in enumerate(keys)
                     }
@@ -690,6 +740,19 @@ def insert_rows(placement: Placement, data: Generated) -> int:
                 connection.execute(sa.text(statement), params)
                 total += len(rows)
     return total
+
+
+def _declared(
+    preset: dict[str, Any], column: str, encoding: str | None
+) -> str:
+    """The encoding of a column: the row group's, else [timestamps]."""
+    if encoding is not None:
+        return encoding
+    stamps = preset.get("timestamps", {})
+    per_column = {
+        k.lower(): v for k, v in stamps.get("per_column", {}).items()
+    }
+    return str(per_column.get(column.lower(), stamps.get("default", "naive")))
 
 
 def _utc_session(connection: Connection, dialect: str) -> None:
@@ -714,10 +777,15 @@ def _insert_statement(
 
 
 def _render(
-    value: Any, encoding: str | None, dialect: str, now: dt.datetime
+    value: Any,
+    encoding: str | None,
+    dialect: str,
+    now: dt.datetime,
+    shift: dt.timedelta = dt.timedelta(0),
 ) -> Any:
     if isinstance(value, dt.datetime):
-        seconds = int((value.replace(tzinfo=None) - now).total_seconds())
+        moment = value.replace(tzinfo=None) + shift
+        seconds = int((moment - now).total_seconds())
         sign = "+" if seconds >= 0 else "-"
         value = f"@now{sign}{abs(seconds)}s"
     return render_value(value, encoding, dialect, now)
