@@ -22,6 +22,7 @@ from sqlalchemy.schema import CreateIndex
 
 from otel_batchmon import presets
 from otel_batchmon._engine import classify, create_monitor_engine, mask_url
+from otel_batchmon._relation import BoundTable
 from otel_batchmon.config import COLUMN_ROLES, MonitorConfig, StoreConfig
 from otel_batchmon.errors import ConfigError
 from otel_batchmon.mapping import JsonPath
@@ -151,8 +152,8 @@ def _check_store(
     try:
         with engine.connect() as connection, connection.begin():
             _report_preset(store_config, out)
-            store.bind(connection)
-            print(f"  columns: {_roles(store_config)}", file=out)
+            bound = store.bind(connection)
+            print(f"  columns: {_roles(store_config, bound)}", file=out)
             _report_statuses(store, connection, out)
             _report_indexes(store, connection, out)
             _report_metrics(store, out)
@@ -177,10 +178,15 @@ def _check_store(
     return True
 
 
-def _roles(config: StoreConfig) -> str:
+def _roles(config: StoreConfig, bound: BoundTable) -> str:
+    # Rules produce the status column of a derived table; only a real
+    # column of the table is shown as the status role.
+    found = set(bound.columns)
+    if config.mapping.status_rules and "status" not in bound.real_columns:
+        found.discard("status")
     shown = []
     for role in COLUMN_ROLES:
-        source = config.columns.source(role)
+        source = config.columns.source(role) if role in found else None
         if isinstance(source, tuple):
             shown.append(f"{role}=first of {'|'.join(source)}")
         elif isinstance(source, JsonPath):

@@ -223,7 +223,8 @@ CATALOGUE: tuple[InstrumentSpec, ...] = (
         "{row}",
         "Finished rows claimed for events whose timestamps or record "
         "counts are impossible, by reason; they are counted in "
-        "batch.finished but left out of the histograms and records.",
+        "batch.finished, bad timestamps are left out of the histograms "
+        "and bad counts out of batch.records.",
         ("batch.store", "batchmon.reason"),
     ),
     InstrumentSpec(

@@ -23,6 +23,13 @@ from tests.metrics import Points, collect, value
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 
 
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """Rows are placed relative to the moment each test starts."""
+    global NOW
+    NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
 def _ago(**delta: float) -> datetime:
     return NOW - timedelta(**delta)
 
