@@ -43,7 +43,7 @@ ACTIVE_OWN = ("pending", "processing")
 
 @dataclass(frozen=True)
 class WindowRead:
-    """One statement's rows, sorted by part."""
+    """One statement's rows, split by part."""
 
     now: float
     last_success: float | None
@@ -187,6 +187,10 @@ class WindowReads:
     def _probe(self) -> Any:
         ts, finish = self.ts, self.finish
         completed = self.store.statuses.raw_values(("completed",))
+        # The newest finish in index order, not max(epoch): a max over an
+        # expression reads every completed row, this reads one index
+        # entry. They differ only for naive times in a zone with daylight
+        # saving, within the hour the clocks repeat.
         latest = (
             select(ts.epoch(finish))
             .select_from(self.t)
