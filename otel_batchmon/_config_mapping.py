@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from otel_batchmon._config_values import identifier
@@ -88,6 +89,52 @@ class MappingReader:
             preset=preset,
             zone_hint=zone_hint,
         )
+
+    def with_value_rules(
+        self,
+        mapping: RowMapping,
+        columns: ColumnMap,
+        booleans: list[tuple[str, bool]],
+        null_status: object,
+    ) -> RowMapping:
+        """Turn boolean status values and ``null_status`` into rules that
+        run before the mapping's own."""
+        if null_status is not None and null_status not in WITH_OTHER:
+            self.fail(
+                "null_status",
+                null_status,
+                f"use one of {', '.join(WITH_OTHER)}",
+            )
+            null_status = None
+        if not booleans and null_status is None:
+            return mapping
+        status = columns.get("status")
+        if status is None:
+            self.fail(
+                "statuses",
+                None,
+                "true/false values and null_status need a status column",
+            )
+            return mapping
+        rules = [
+            StatusRule(
+                f"status is {value}".lower(),
+                canonical,
+                (Condition("is_true" if value else "is_false", status),),
+            )
+            for canonical, value in booleans
+        ]
+        if null_status is not None:
+            rules.insert(
+                0,
+                StatusRule(
+                    "status is null",
+                    str(null_status),
+                    (Condition("is_null", status),),
+                ),
+            )
+        # Value lists come after the rules, which refine them.
+        return replace(mapping, status_rules=(*mapping.status_rules, *rules))
 
     def query(self, value: object) -> dict[str, str]:
         if value is None:
@@ -222,7 +269,14 @@ class MappingReader:
     def check_operand(
         self, key: str, op: str, value: object, other: object
     ) -> None:
-        if op in ("is_null", "not_null", "is_true", "is_false"):
+        if op in (
+            "is_null",
+            "not_null",
+            "is_true",
+            "is_false",
+            "past",
+            "future",
+        ):
             if value is not None or other is not None:
                 self.fail(key, value, f"{op} takes no value or other")
         elif op in ("in", "not_in"):

@@ -227,6 +227,7 @@ class _StoreReader:
     def __init__(self, reader: Reader, where: str) -> None:
         self.reader = reader
         self.where = where
+        self.booleans: list[tuple[str, bool]] = []
 
     def read(
         self, name: str | None, given: Mapping[str, Any]
@@ -257,6 +258,11 @@ class _StoreReader:
             data, preset.name, preset.parameters, preset.zone_hint
         )
         columns = mapper.columns(data.get("columns", {}), bool(mapping.query))
+        self.booleans = []
+        statuses = self.statuses(data.get("statuses", {}))
+        mapping = mapper.with_value_rules(
+            mapping, columns, self.booleans, data.get("null_status")
+        )
         self.check_mapping(columns, mapping)
         store = StoreConfig(
             name=chosen or "default",
@@ -265,7 +271,7 @@ class _StoreReader:
             schema=schema,
             columns=columns,
             mapping=mapping,
-            statuses=self.statuses(data.get("statuses", {})),
+            statuses=statuses,
             stuck_statuses=r.take(
                 data, "stuck_statuses", w, stuck_statuses, ("processing",)
             ),
@@ -359,11 +365,18 @@ class _StoreReader:
             raw = split_list(data.get(canonical, default))
             values: list[str | int] = []
             for value in raw:
-                if isinstance(value, bool) or not isinstance(value, str | int):
+                if isinstance(value, bool):
+                    # true/false of a boolean column: compared as booleans
+                    # by a status rule, since each database spells them
+                    # differently as text.
+                    self.booleans.append((canonical, value))
+                    continue
+                if not isinstance(value, str | int):
                     self.reader.fail(
                         f"{where}.{canonical}",
                         value,
-                        f"{value!r} is not a string or integer status value",
+                        f"{value!r} is not a string, integer or boolean "
+                        "status value",
                     )
                     continue
                 if value in owner and owner[value] != canonical:

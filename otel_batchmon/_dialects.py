@@ -64,7 +64,9 @@ class TimeSql:
 
     ``at(column, shift)`` is the database clock moved by the bound
     parameter ``shift`` (seconds), in the column's own representation, so
-    ``column.value(c) < at(c, "stuck_shift")`` can use an index.
+    ``column.value(c) < at(c, "stuck_shift")`` can use an index. A shift
+    of None is the clock itself, with no parameter (for conditions inside
+    a mapping's derived table, which every read shares).
     """
 
     def __init__(self, zone: str) -> None:
@@ -78,7 +80,7 @@ class TimeSql:
             return col.column
         return self._value(col)
 
-    def at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+    def at(self, col: TimeColumn, shift: str | None) -> ColumnElement[Any]:
         """The database clock plus ``shift`` seconds, comparable to col."""
         if col.epoch_scale is not None:
             return self.now_epoch(shift) * col.epoch_scale
@@ -95,13 +97,13 @@ class TimeSql:
     def _value(self, col: TimeColumn) -> ColumnElement[Any]:
         return col.column
 
-    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+    def _at(self, col: TimeColumn, shift: str | None) -> ColumnElement[Any]:
         raise NotImplementedError
 
     def _epoch(self, col: TimeColumn) -> ColumnElement[float]:
         raise NotImplementedError
 
-    def now_epoch(self, shift: str) -> ColumnElement[float]:
+    def now_epoch(self, shift: str | None) -> ColumnElement[float]:
         """Seconds since 1970-01-01 UTC of the database clock + shift."""
         raise NotImplementedError
 
@@ -115,7 +117,9 @@ class TimeSql:
 
 
 class _PostgresTime(TimeSql):
-    def _now(self, shift: str) -> ColumnElement[Any]:
+    def _now(self, shift: str | None) -> ColumnElement[Any]:
+        if shift is None:
+            return func.now()
         return func.now() + func.make_interval(
             0, 0, 0, 0, 0, 0, bindparam(shift, type_=Double)
         )
@@ -127,7 +131,7 @@ class _PostgresTime(TimeSql):
             return cast(literal(self.zone), Interval)
         return literal(self.zone)
 
-    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+    def _at(self, col: TimeColumn, shift: str | None) -> ColumnElement[Any]:
         if col.aware:
             return self._now(shift)
         return func.timezone(self._zone(), self._now(shift))
@@ -138,19 +142,21 @@ class _PostgresTime(TimeSql):
             value = func.timezone(self._zone(), value)
         return cast(extract("epoch", value), Double)
 
-    def now_epoch(self, shift: str) -> ColumnElement[float]:
+    def now_epoch(self, shift: str | None) -> ColumnElement[float]:
         return cast(extract("epoch", self._now(shift)), Double)
 
 
 class _MysqlTime(TimeSql):
     # The session runs with time_zone = '+00:00', so TIMESTAMP columns and
     # UTC_TIMESTAMP() are both UTC; DATETIME is read in the store's zone.
-    def _now(self, shift: str) -> ColumnElement[Any]:
+    def _now(self, shift: str | None) -> ColumnElement[Any]:
+        if shift is None:
+            return func.utc_timestamp(6)
         return func.timestampadd(
             text("MICROSECOND"), bindparam(shift), func.utc_timestamp(6)
         )
 
-    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
+    def _at(self, col: TimeColumn, shift: str | None) -> ColumnElement[Any]:
         if col.aware or self.zone == "UTC":
             return self._now(shift)
         return func.convert_tz(self._now(shift), "+00:00", self.zone)
@@ -161,7 +167,7 @@ class _MysqlTime(TimeSql):
             value = func.convert_tz(value, self.zone, "+00:00")
         return self._seconds(value)
 
-    def now_epoch(self, shift: str) -> ColumnElement[float]:
+    def now_epoch(self, shift: str | None) -> ColumnElement[float]:
         return self._seconds(self._now(shift))
 
     def parameter(self, seconds: float) -> int:
@@ -211,17 +217,21 @@ class _SqliteTime(TimeSql):
         )
         return case((has_zone, day), else_=day - self._offset_days)
 
-    def _at(self, col: TimeColumn, shift: str) -> ColumnElement[Any]:
-        return func.julianday("now") + bindparam(shift, type_=Double)
+    def _at(self, col: TimeColumn, shift: str | None) -> ColumnElement[Any]:
+        return func.julianday("now") + self._days(shift)
+
+    @staticmethod
+    def _days(shift: str | None) -> ColumnElement[float]:
+        if shift is None:
+            return literal(0.0, Double)
+        return bindparam(shift, type_=Double)
 
     def _epoch(self, col: TimeColumn) -> ColumnElement[float]:
         return (self._value(col) - _UNIX_EPOCH_JULIAN_DAY) * 86400.0
 
-    def now_epoch(self, shift: str) -> ColumnElement[float]:
+    def now_epoch(self, shift: str | None) -> ColumnElement[float]:
         return (
-            func.julianday("now")
-            + bindparam(shift, type_=Double)
-            - _UNIX_EPOCH_JULIAN_DAY
+            func.julianday("now") + self._days(shift) - _UNIX_EPOCH_JULIAN_DAY
         ) * 86400.0
 
     def parameter(self, seconds: float) -> float:

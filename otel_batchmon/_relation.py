@@ -43,7 +43,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from otel_batchmon._dialects import TimeColumn, is_aware, is_timestamp
+from otel_batchmon._dialects import (
+    TimeColumn,
+    is_aware,
+    is_timestamp,
+    time_sql_for,
+)
 from otel_batchmon.config import (
     COLUMN_ROLES,
     REQUIRED_ROLES,
@@ -350,7 +355,11 @@ class _Binder:
         m = self.mapping
         declared = m.column_encodings.get(name, m.time_encoding)
         kind = self.base.kinds.get(name, _UNKNOWN)
-        place = f"{self.where}.columns.{role}"
+        place = (
+            f"{self.where} ({role})"
+            if " " in role
+            else f"{self.where}.columns.{role}"
+        )
         if declared.startswith("epoch"):
             if kind in (_AWARE, _NAIVE):
                 self.problems.append(
@@ -448,10 +457,37 @@ class _Binder:
                     for group in cond.any_of
                 )
             )
+        if cond.op in ("past", "future"):
+            return self.clock_condition(cond)
         target = self.operand(cond.column)
         if target is None:
             return false()
         return _compare(cond, target, self.operand(cond.other))
+
+    def clock_condition(self, cond: Condition) -> ColumnElement[bool]:
+        """A time column before (past) or after (future) the database
+        clock, read with the column's encoding."""
+        if (
+            not isinstance(cond.column, str)
+            or self.operand(cond.column) is None
+        ):
+            self.problems.append(
+                f"{self.where}: {cond.op} compares a plain time column "
+                "with the clock, not a JSON value"
+            )
+            return false()
+        name = resolve(cond.column, self.names) or cond.column
+        encoding = self.kind_of(f"condition on {name}", name)
+        col = TimeColumn(
+            self.base.clause.c[name],
+            encoding == _AWARE,
+            encoding if encoding.startswith("epoch") else "timestamp",
+        )
+        ts = time_sql_for(self.base.dialect, self.config.timezone)
+        now = ts.at(col, None)
+        if cond.op == "past":
+            return ts.value(col) <= now
+        return ts.value(col) > now
 
     def operand(self, source: RoleSource | None) -> Any:
         if source is None:

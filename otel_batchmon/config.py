@@ -82,6 +82,7 @@ STORE_KEYS = (
     "columns",
     "optional_roles",
     "statuses",
+    "null_status",
     "status_rules",
     "default_status",
     "stuck_statuses",

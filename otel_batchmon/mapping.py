@@ -37,6 +37,8 @@ CONDITION_OPS = (
     "starts_with",
     "is_true",
     "is_false",
+    "past",
+    "future",
     "any",
 )
 TIME_ENCODINGS = (

@@ -524,6 +524,86 @@ def test_no_start_time_windows_by_finish_and_hides_what_it_cannot_know(
     )
 
 
+def test_boolean_and_null_statuses_with_a_rule_on_the_clock(
+    db: Database,
+) -> None:
+    name = db.table_name("flags")
+    _create(
+        db,
+        name,
+        "id INTEGER PRIMARY KEY, done BOOLEAN, started_at TIMESTAMP,"
+        " finished_at TIMESTAMP, run_at TIMESTAMP",
+    )
+    later = NOW + timedelta(hours=1)
+    _insert(
+        db,
+        name,
+        [
+            {
+                "id": 1,
+                "done": True,
+                "started_at": _ago(hours=2),
+                "finished_at": _ago(hours=1),
+                "run_at": _ago(hours=2),
+            },
+            {
+                "id": 2,
+                "done": False,
+                "started_at": _ago(hours=3),
+                "finished_at": _ago(hours=2),
+                "run_at": _ago(hours=3),
+            },
+            {
+                "id": 3,
+                "done": None,
+                "started_at": _ago(minutes=30),
+                "finished_at": None,
+                "run_at": _ago(minutes=30),
+            },
+            {
+                "id": 4,
+                "done": None,
+                "started_at": None,
+                "finished_at": None,
+                "run_at": later,
+            },
+        ],
+    )
+    store = {
+        "table": name,
+        "columns": {"status": "done"},
+        "statuses": {"completed": [True], "failed": [False]},
+        "null_status": "processing",
+        "status_rules": [
+            {
+                "name": "not yet due",
+                "status": "pending",
+                "when": [{"column": "run_at", "op": "future"}],
+            }
+        ],
+    }
+
+    points, _ = _refresh(db, store)
+
+    assert _window(points) == {
+        "pending": 0,
+        "processing": 1,
+        "completed": 1,
+        "failed": 1,
+        "other": 0,
+    }
+    active = {
+        status: value(
+            points,
+            "batch.active.count",
+            batch__store="jobs",
+            batch__status=status,
+        )
+        for status in ("pending", "processing")
+    }
+    assert active == {"pending": 1, "processing": 1}
+
+
 def test_every_mapping_mistake_is_reported_at_once() -> None:
     settings = {
         "stores": {
