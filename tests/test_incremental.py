@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     MetaData,
@@ -527,24 +528,115 @@ def test_refresher_reads_incrementally_and_reconciles_on_leader_change(
 ) -> None:
     now = datetime.now(UTC)
     s = make(sqlite, [row("p", "processing", now - timedelta(hours=1))])
-    config = parse_config({"database_url": sqlite.url, "table": s.table.name})
-    refresher = Refresher(config, incremental=True, reconcile_every=HOUR)
-    full_only = Refresher(config)
+    settings = {"database_url": sqlite.url, "table": s.table.name}
+    by_config = parse_config(
+        {**settings, "refresh_mode": "incremental", "reconcile_every": "1h"}
+    )
+    refreshers = [
+        Refresher(by_config),
+        Refresher(parse_config(settings), incremental=True),
+    ]
+    full_only = Refresher(by_config, incremental=False)
     try:
-
-        def refresh(which: Refresher) -> StoreSnapshot:
-            [outcome] = which.refresh_all()
-            assert outcome.snapshot is not None, outcome.failure
-            return outcome.snapshot
-
-        refresh(refresher)
-        refresh(refresher)
+        for refresher in refreshers:
+            refresh(refresher)
+            refresh(refresher)
         # Invisible to the incremental reads: no finish time, never active.
         s.insert([row("hidden", "completed", now - timedelta(minutes=5))])
         assert refresh(full_only).window_counts["completed"] == 1
-        assert refresh(refresher).window_counts["completed"] == 0
-        refresher._leader_changed(True)
-        assert refresh(refresher).window_counts["completed"] == 1
+        for refresher in refreshers:
+            assert refresh(refresher).window_counts["completed"] == 0
+            refresher._leader_changed(True)
+            assert refresh(refresher).window_counts["completed"] == 1
     finally:
-        refresher.stop()
-        full_only.stop()
+        for refresher in [*refreshers, full_only]:
+            refresher.stop()
+
+
+def refresh(refresher: Refresher) -> StoreSnapshot:
+    [outcome] = refresher.refresh_all()
+    assert outcome.snapshot is not None, outcome.failure
+    return outcome.snapshot
+
+
+def test_status_rules_and_epoch_seconds_read_incrementally(
+    db: Database,
+) -> None:
+    table = Table(
+        db.table_name("inc_rules"),
+        MetaData(),
+        Column("id", String(16), primary_key=True),
+        Column("begun", BigInteger),
+        Column("ended", BigInteger),
+        Column("crashed", BigInteger),
+    )
+    now = datetime.now(UTC).timestamp()
+
+    def at(minutes_ago: float) -> int:
+        return round(now - 60 * minutes_ago)
+
+    s = make(
+        db,
+        [
+            {"id": "r1", "begun": at(300), "ended": None, "crashed": None},
+            {"id": "r2", "begun": at(90), "ended": at(80), "crashed": None},
+            {"id": "r3", "begun": at(70), "ended": None, "crashed": at(60)},
+            {"id": "r4", "begun": None, "ended": None, "crashed": None},
+        ],
+        table,
+        columns={
+            "status": "",
+            "queued_at": "",
+            "started_at": "begun",
+            "finished_at": ["ended", "crashed"],
+            "records_total": "",
+            "records_failed": "",
+            "kind": "",
+            "error": "",
+        },
+        status_rules=[
+            {
+                "name": "crashed",
+                "status": "failed",
+                "when": [{"column": "crashed", "op": "not_null"}],
+            },
+            {
+                "name": "ended",
+                "status": "completed",
+                "when": [{"column": "ended", "op": "not_null"}],
+            },
+            {
+                "name": "running",
+                "status": "processing",
+                "when": [{"column": "begun", "op": "not_null"}],
+            },
+        ],
+        default_status="pending",
+        timestamps={"default": "epoch_s"},
+    )
+    s.check(mode="full")
+    s.write(
+        s.set("r1", ended=at(0)),
+        s.set("r4", begun=at(1)),
+        s.set("r2", ended=None),
+    )
+    got = s.check()
+    assert dict(got.active_counts) == {"pending": 0, "processing": 2}
+    s.write(s.set("r4", crashed=at(0)))
+    assert s.check().window_counts["failed"] == 2
+
+
+def test_a_window_by_finish_time_falls_back_to_full_reads(
+    sqlite: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = datetime.now(UTC)
+    s = make(
+        sqlite,
+        [row("f", "completed", now - timedelta(hours=2), now)],
+        window_by="finished_at",
+    )
+    for _ in range(3):
+        s.check(mode="full")
+    assert s.incremental.reconciles == 0
+    warned = [r for r in caplog.records if "does not support" in r.message]
+    assert len(warned) == 1
