@@ -40,6 +40,11 @@ What only a reconciliation corrects, because no cheap read sees it:
 - rows within float rounding of a window edge, which the database and
   this module may place on different sides.
 
+Mappings whose rules are not mirrored here (no start time, a due time,
+a window by another time, ``only_when``, ``finish_optional_for``, status
+rules or filters that compare with the clock) are read in full at every
+refresh, with one warning.
+
 Memory holds one small record per finished row in the window (rows are
 dropped as the window's lower edge passes them) and the ids of the
 active rows.
@@ -78,6 +83,8 @@ _LOOKUP_CHUNK = 500
 # in correctness: rows read again replace themselves.
 _MARGIN_SECONDS = 5.0
 _MARGIN_SHARE = 0.01
+# Condition operators (status rules, filters) that read the clock.
+_CLOCK_OPS = ("past", "future")
 
 
 @dataclass(frozen=True)
@@ -382,9 +389,22 @@ def _unsupported(store: BatchStore) -> str | None:
     for rule in ("only_when", "finish_optional_for"):
         if getattr(mapping, rule, None):
             return rule
+    conditions = list(getattr(mapping, "filter", ()))
+    for status_rule in getattr(mapping, "status_rules", ()):
+        conditions += status_rule.when
+    if any(_on_the_clock(c) for c in conditions):
+        # A row's status or presence would change with no write to it.
+        return "status rules or filters that compare with the clock"
     if store.role("id") is None or store.role("status") is None:
         return "a mapping without an id or a status"
     return None
+
+
+def _on_the_clock(condition: Any) -> bool:
+    if getattr(condition, "op", None) in _CLOCK_OPS:
+        return True
+    groups = getattr(condition, "any_of", ())
+    return any(_on_the_clock(c) for group in groups for c in group)
 
 
 def _age(now: float, then: float | None) -> float | None:

@@ -626,14 +626,28 @@ def test_status_rules_and_epoch_seconds_read_incrementally(
     assert s.check().window_counts["failed"] == 2
 
 
-def test_a_window_by_finish_time_falls_back_to_full_reads(
-    sqlite: Database, caplog: pytest.LogCaptureFixture
+CLOCK_RULE = {
+    "name": "scheduled",
+    "status": "pending",
+    "when": [{"column": "started_at", "op": "future"}],
+}
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [{"window_by": "finished_at"}, {"status_rules": [CLOCK_RULE]}],
+    ids=["window_by", "clock_rule"],
+)
+def test_mappings_not_mirrored_fall_back_to_full_reads(
+    sqlite: Database,
+    caplog: pytest.LogCaptureFixture,
+    mapping: dict[str, Any],
 ) -> None:
     now = datetime.now(UTC)
     s = make(
         sqlite,
         [row("f", "completed", now - timedelta(hours=2), now)],
-        window_by="finished_at",
+        **mapping,
     )
     for _ in range(3):
         s.check(mode="full")
