@@ -88,7 +88,11 @@ class BatchStore:
             connection.dialect.name
         )
         self.bound = bind_relation(self.config, connection, statuses)
-        self.statuses = statuses.with_rules(RULE_MARK)
+        # Rule marks only where rules exist: any extra value in the status
+        # lists keeps PostgreSQL off the partial index of active rows.
+        if self.config.mapping.status_rules:
+            statuses = statuses.with_rules(RULE_MARK)
+        self.statuses = statuses
         if self.bound.status_is_integer:
             self.statuses = self.statuses.as_integers(self.config.name)
         self._time = time_sql_for(self.bound.dialect, self.config.timezone)
@@ -377,13 +381,18 @@ class _RefreshParts:
     def probe(self) -> Select[Any]:
         finish, ts = self.finish, self.ts
         raw = self.statuses.raw_values(("completed",))
-        last = func.max(ts.epoch(finish))
-        return (
-            select(
-                *self._row(
-                    "p", null(), [None, last], ts.now_epoch("now_shift")
-                )
-            )
+        # The newest finish in index order, one row read, rather than the
+        # maximum over every completed row. (For naive times in a zone
+        # with daylight saving, the repeated hour may order differently.)
+        latest = (
+            select(ts.epoch(finish).label("finished"))
             .select_from(self.t)
             .where(and_(self.status.in_(raw), self._before_now(finish)))
+            .order_by(ts.value(finish).desc())
+            .limit(1)
+            .subquery("latest")
         )
+        last = func.max(latest.c.finished)
+        return select(
+            *self._row("p", null(), [None, last], ts.now_epoch("now_shift"))
+        ).select_from(latest)
