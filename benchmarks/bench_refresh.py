@@ -76,6 +76,8 @@ BIG_ROUNDS = 3
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every case; exit 1 when a target fails (not with --quick)."""
     args = _arguments(argv)
+    if args.merge:
+        return _merge(args)
     started = time.monotonic()
     targets, unavailable = _targets(args)
     if unavailable and os.environ.get("CI") == "true":
@@ -100,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in targets:
         _run_target(target, args, results)
     results["seconds"] = round(time.monotonic() - started, 1)
+    return _finish(results, args)
+
+
+def _finish(results: dict[str, Any], args: argparse.Namespace) -> int:
     found = verdicts(results["cases"], results["cycles"], results["callbacks"])
     results["targets"] = [v.__dict__ for v in found]
     _write(results, args)
@@ -113,6 +119,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--quick: targets reported, not enforced")
         return 0
     return 0 if all(v.passed for v in found) else 1
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """One report over several result files."""
+    parts = [json.loads(Path(p).read_text()) for p in args.merge]
+    merged: dict[str, Any] = {
+        **parts[0],
+        "command": " ; ".join(p["command"] for p in parts),
+        "merged_from": list(args.merge),
+        "seconds": max(p.get("seconds", 0) for p in parts),
+    }
+    for key in ("cases", "cycles", "callbacks"):
+        merged[key] = [item for p in parts for item in p[key]]
+    for key in ("skipped", "query_exporter"):
+        merged[key] = {k: v for p in parts for k, v in p[key].items()}
+    merged["machine"]["databases"] = {
+        k: v for p in parts for k, v in p["machine"]["databases"].items()
+    }
+    args.quick = any(p["mode"] == "quick" for p in parts)
+    return _finish(merged, args)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -139,6 +165,13 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="results folder (default: results/ here; the workdir with "
         "--quick, so CI leaves the checkout clean)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="report on the cases of earlier result files together "
+        "(for example databases run in separate processes); runs nothing",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the generated tables"
