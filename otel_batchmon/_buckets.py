@@ -2,7 +2,8 @@
 
 Rows that are not active (not pending, processing or a stuck status) are
 kept per row, grouped in buckets by the minute of their window time (the
-start time, or the queued time of a row that never started). Each bucket
+start time, or the queued time of a row that never started, unless the
+mapping windows by another time). Each bucket
 and the whole window keep running totals, so a refresh sums nothing: it
 adds and removes the rows that changed and drops the rows the window's
 lower edge has passed. Durations are summed in integer microseconds, so
@@ -39,7 +40,14 @@ class WindowRow:
     ``started`` and ``finished`` say whether the column holds a value;
     ``start`` and ``finish`` are its epoch, None when it holds none or
     (SQLite text) one the database cannot read as a time. ``duration`` is
-    finish minus start as the database computed it.
+    finish minus start as the database computed it. ``moment`` is the
+    time that puts the row in the window (see ``window_by``).
+
+    What the mapping decides, settled when the row is read:
+    ``needs_finish`` (a finished status that must have a finish time) and
+    ``needs_start`` (a finished status that must have started). For
+    active rows, ``waiting`` is the time a pending row waits from and
+    ``due`` whether it is due at the read's clock.
     """
 
     key: Hashable
@@ -51,20 +59,20 @@ class WindowRow:
     duration: float | None
     started: bool
     finished: bool
-
-    @property
-    def window_time(self) -> float | None:
-        """The start time, or the queued time of a row never started."""
-        return self.start if self.started else self.queued
+    moment: float | None = None
+    needs_finish: bool = False
+    needs_start: bool = False
+    waiting: float | None = None
+    due: bool = True
 
     def in_window(self, lower: float, now: float) -> bool:
         """Tell whether the window ``[lower, now]`` holds the row."""
-        moment = self.window_time
+        moment = self.moment
         return moment is not None and lower <= moment <= now
 
     def settled(self, now: float) -> bool:
         """Tell whether the clock has passed every time of the row."""
-        moment = self.window_time
+        moment = self.moment
         return (
             moment is not None
             and moment <= now
@@ -104,11 +112,11 @@ class Tally:
                 assert duration is not None
                 self.durations += sign
                 self.duration_micros += sign * round(duration * _MICROS)
-            if not row.finished:
-                self.invalid["finished_without_finish_time"] += sign
+        if row.needs_finish and not row.finished:
+            self.invalid["finished_without_finish_time"] += sign
         if both and duration is not None and duration < 0:
             self.invalid["finish_before_start"] += sign
-        if row.finished and not row.started:
+        if row.needs_start and row.finished and not row.started:
             self.invalid["finish_without_start"] += sign
         if row.finish is not None and row.finish > now:
             self.invalid["future_timestamp"] += sign
@@ -200,7 +208,7 @@ class WindowBuckets:
     def put(self, row: WindowRow) -> None:
         """Hold ``row`` in place of any row with the same key."""
         self.discard(row.key)
-        moment = row.window_time
+        moment = row.moment
         if moment is None or moment < self._lower:
             return
         self._unsettled[row.key] = row
@@ -212,7 +220,7 @@ class WindowBuckets:
             self._expire(lower)
             self._lower = lower
         for key, row in list(self._unsettled.items()):
-            moment = row.window_time
+            moment = row.moment
             if moment is None or moment < lower:
                 del self._unsettled[key]
             elif row.settled(now):
@@ -257,6 +265,6 @@ class WindowBuckets:
                 del self._buckets[minute]
                 continue
             for key, row in list(bucket.rows.items()):
-                moment = row.window_time
+                moment = row.moment
                 if moment is not None and moment < lower:
                     self.discard(key)

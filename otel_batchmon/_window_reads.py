@@ -3,7 +3,11 @@
 Every expression comes from the bound store's public members (its table
 clause, role expressions, time columns and TimeSql), so the reads follow
 the store's own semantics: the same epochs, the same cut-offs, the same
-status matching as the full read.
+status matching as the full read. The few rules the full read keeps to
+itself (which time windows a row, when a pending row waits from and
+whether it is due, which rows must have a start or a finish) are written
+here again, each beside the part of ``store._RefreshParts`` or
+``status._Assembly`` it mirrors.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    false,
     literal_column,
     null,
     or_,
     select,
+    true,
     union_all,
 )
 from sqlalchemy.engine import Connection
@@ -30,6 +36,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from otel_batchmon._buckets import WindowRow
+from otel_batchmon._dialects import TimeColumn
 from otel_batchmon.errors import StoreError
 from otel_batchmon.status import OTHER
 from otel_batchmon.store import BatchStore
@@ -39,6 +46,7 @@ __all__ = ["ACTIVE_OWN", "WindowRead", "WindowReads", "bound_of"]
 # The statuses the active gauges report; the stuck statuses join them in
 # the active read.
 ACTIVE_OWN = ("pending", "processing")
+_FINISHED = ("completed", "failed")
 
 
 @dataclass(frozen=True)
@@ -55,10 +63,11 @@ class WindowReads:
     """The statements of one binding, built from the store's roles.
 
     Every per-row part has the same columns: part, id, status, then the
-    epochs of start, queued and finish, the duration, and flags (start
-    present, finish present, stuck, active). The probe part carries the
-    database clock in the start slot and the last success in the queued
-    slot.
+    epochs of start, queued and finish, the duration, flags (start
+    present, finish present, stuck, active), and for active rows the
+    epoch a pending row waits from and whether it is due. The probe part
+    carries the database clock in the start slot and the last success in
+    the queued slot.
     """
 
     def __init__(self, store: BatchStore) -> None:
@@ -68,21 +77,36 @@ class WindowReads:
         self.t = store.table_clause()
         self.id = _role(store, "id")
         self.status = _role(store, "status")
-        self.start = bound.times["started_at"]
-        self.finish = bound.times["finished_at"]
-        self.queued = bound.times.get("queued_at")
+        self.start: TimeColumn | None = bound.times.get("started_at")
+        self.finish: TimeColumn = bound.times["finished_at"]
+        self.queued: TimeColumn | None = bound.times.get("queued_at")
+        self.due: TimeColumn | None = bound.times.get("due_at")
         config = store.config
+        mapping = config.mapping
+        self.window_by = mapping.window_by
+        if self.window_by == "queued_at" and self.queued is None:
+            self.window_by = "started_at"
+        # As status._Assembly.add_window: a status in finish_optional_for
+        # may lack a finish; only the statuses only_when keeps a start
+        # for must have one.
+        self.needs_finish = frozenset(
+            s for s in _FINISHED if s not in mapping.finish_optional_for
+        )
+        starts = mapping.only_when.get("started_at", _FINISHED)
+        self.needs_start = frozenset(
+            s for s in _FINISHED if s in starts and self.start is not None
+        )
         raw = store.statuses.raw_values((*ACTIVE_OWN, *config.stuck_statuses))
         self.is_active = self.status.in_(raw)
         ts = self.ts
         recent = ts.value(self.finish) > ts.at(self.finish, "since_shift")
         self.changes = union_all(
-            self._rows("a", self.is_active, stuck=True),
+            self._rows("a", self.is_active, active=True),
             self._rows("f", and_(self.id.isnot(None), recent)),
             self._probe(),
         )
         self.seed = union_all(
-            self._rows("a", self.is_active, stuck=True),
+            self._rows("a", self.is_active, active=True),
             self._rows("w", and_(self._not_active(), self._from_lower())),
             self._probe(),
         )
@@ -126,9 +150,11 @@ class WindowReads:
     def _decode(self, found: Sequence[Any]) -> tuple[WindowRow, bool, bool]:
         _, key, raw, start, queued, finish, duration = found[:7]
         started, finished, stuck, active = (bool(v) for v in found[7:11])
-        status = self.store.statuses.canonical(raw, self.store.name)
+        waiting, due = found[11:13]
+        statuses = self.store.statuses
+        status = statuses.canonical(raw, self.store.name)
         unmapped = None
-        if status == OTHER:
+        if status == OTHER and not statuses.is_known(raw):
             unmapped = "NULL" if raw is None else repr(raw)
         row = WindowRow(
             key=key,
@@ -140,45 +166,105 @@ class WindowReads:
             duration=_float(duration),
             started=started,
             finished=finished,
+            needs_finish=status in self.needs_finish,
+            needs_start=status in self.needs_start,
+            waiting=_float(waiting),
+            due=due is None or bool(due),
         )
+        row.moment = self._moment(row)
         return row, stuck, active
+
+    def _moment(self, row: WindowRow) -> float | None:
+        # As _RefreshParts.in_window: the start, else the queued time,
+        # unless the mapping windows by the finish or the queued time.
+        if self.window_by == "finished_at":
+            return row.finish
+        if self.window_by == "queued_at" or self.start is None:
+            return row.queued
+        return row.start if row.started else row.queued
 
     def _not_active(self) -> ColumnElement[bool]:
         return or_(self.status.is_(None), ~self.is_active)
 
     def _from_lower(self) -> ColumnElement[bool]:
-        # The window's lower edge only: rows that start ahead of the
-        # clock are held until it reaches them.
-        ts, start = self.ts, self.start
-        since = ts.value(start) >= ts.at(start, "window_shift")
-        if self.queued is None:
+        # The window's lower edge only: rows whose window time is ahead
+        # of the clock are held until it reaches them.
+        if self.window_by == "finished_at":
+            return self._since(self.finish)
+        start, queued = self.start, self.queued
+        if self.window_by == "queued_at" or start is None:
+            return false() if queued is None else self._since(queued)
+        since = self._since(start)
+        if queued is None:
             return since
-        queued = ts.value(self.queued) >= ts.at(self.queued, "window_shift")
-        return or_(since, and_(start.column.is_(None), queued))
+        return or_(since, and_(start.column.is_(None), self._since(queued)))
+
+    def _since(self, col: TimeColumn) -> ColumnElement[bool]:
+        return self.ts.value(col) >= self.ts.at(col, "window_shift")
+
+    def _waiting_since(self) -> ColumnElement[Any] | None:
+        # As _RefreshParts._waiting_since: the later of the queued and
+        # due times (the start time when the table has neither).
+        queued, due, ts = self.queued, self.due, self.ts
+        if due is None:
+            basis = queued if queued is not None else self.start
+            return None if basis is None else ts.epoch(basis)
+        if queued is None:
+            return ts.epoch(due)
+        later = and_(
+            due.column.isnot(None),
+            or_(queued.column.is_(None), ts.epoch(due) > ts.epoch(queued)),
+        )
+        return case((later, ts.epoch(due)), else_=ts.epoch(queued))
+
+    def _is_due(self) -> ColumnElement[bool]:
+        # As _RefreshParts._is_due at the read's clock.
+        due = self.due
+        if due is None:
+            return true()
+        return or_(
+            due.column.is_(None),
+            self.ts.value(due) <= self.ts.at(due, "now_shift"),
+        )
 
     def _rows(
-        self, part: str, where: ColumnElement[bool], stuck: bool = False
+        self, part: str, where: ColumnElement[bool], active: bool = False
     ) -> Select[Any]:
-        ts = self.ts
-        start = ts.epoch(self.start)
+        ts, start = self.ts, self.start
         finish = ts.epoch(self.finish)
+        begun: Any = null() if start is None else ts.epoch(start)
         queued = null() if self.queued is None else ts.epoch(self.queued)
-        stuck_flag: Any = (
-            _flag(self.store.stuck_condition()) if stuck else null()
+        started: Any = (
+            literal_column("0")
+            if start is None
+            else _flag(start.column.isnot(None))
         )
+        # Only the active part needs the stuck test and the pending
+        # basis; the clock they use is this read's.
+        stuck_flag: Any = null()
+        waiting: Any = null()
+        due: Any = null()
+        if active:
+            stuck_flag = _flag(self.store.stuck_condition())
+            waiting = self._waiting_since()
+            due = _flag(self._is_due())
         return (
             select(
                 literal_column(f"'{part}'").label("part"),
                 self.id.label("id"),
                 cast(self.status, String(255)).label("status"),
-                _number(start, "start"),
+                _number(begun, "start"),
                 _number(queued, "queued"),
                 _number(finish, "finish"),
-                _number(finish - start, "duration"),
-                _number(_flag(self.start.column.isnot(None)), "started"),
+                _number(
+                    null() if start is None else finish - begun, "duration"
+                ),
+                _number(started, "started"),
                 _number(_flag(self.finish.column.isnot(None)), "finished"),
                 _number(stuck_flag, "stuck"),
                 _number(_flag(self.is_active), "active"),
+                _number(null() if waiting is None else waiting, "waiting"),
+                _number(due, "due"),
             )
             .select_from(self.t)
             .where(where)
@@ -204,7 +290,15 @@ class WindowReads:
         )
         empty = [
             _number(null(), name)
-            for name in ("duration", "started", "finished", "stuck", "active")
+            for name in (
+                "duration",
+                "started",
+                "finished",
+                "stuck",
+                "active",
+                "waiting",
+                "due",
+            )
         ]
         # Typed loosely: SQLAlchemy infers the NULL columns as Never.
         probe: Any = select(

@@ -40,10 +40,14 @@ What only a reconciliation corrects, because no cheap read sees it:
 - rows within float rounding of a window edge, which the database and
   this module may place on different sides.
 
-Mappings whose rules are not mirrored here (no start time, a due time,
-a window by another time, ``only_when``, ``finish_optional_for``, status
-rules or filters that compare with the clock) are read in full at every
-refresh, with one warning.
+The mapping's rules are mirrored row by row (``_window_reads``): a
+window by the start, queued or finish time; tables without a start time;
+a due time, carried with each active row, before which a pending row is
+neither waiting nor stuck; ``only_when`` (applied in SQL by the derived
+table) and ``finish_optional_for`` in what makes a row invalid. Status
+rules or filters that compare with the clock are not: a row's status or
+presence would change with no write to it, so such mappings are read in
+full at every refresh, with one warning.
 
 Memory holds one small record per finished row in the window (rows are
 dropped as the window's lower edge passes them) and the ids of the
@@ -62,13 +66,9 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from otel_batchmon._buckets import Tally, WindowBuckets, WindowRow
-from otel_batchmon._window_reads import (
-    ACTIVE_OWN,
-    WindowRead,
-    WindowReads,
-    bound_of,
-)
+from otel_batchmon._window_reads import ACTIVE_OWN, WindowRead, WindowReads
 from otel_batchmon.errors import StoreError
+from otel_batchmon.mapping import Condition
 from otel_batchmon.snapshot import StoreSnapshot
 from otel_batchmon.store import BatchStore
 
@@ -336,7 +336,6 @@ def _assemble(
     """The snapshot from the held window and this read's active rows."""
     config, now = store.config, got.now
     lower = now - config.window_seconds
-    has_queued = "queued_at" in bound_of(store).times
     stuck = future = 0
     active = dict.fromkeys(ACTIVE_OWN, 0)
     oldest: dict[str, float | None] = dict.fromkeys(ACTIVE_OWN)
@@ -350,8 +349,10 @@ def _assemble(
         if row.status not in active:
             continue
         active[row.status] += 1
-        pending_basis = row.queued if has_queued else row.start
-        basis = row.start if row.status == "processing" else pending_basis
+        # A pending row ages from its waiting time once it is due.
+        basis = row.start if row.status == "processing" else row.waiting
+        if row.status == "pending" and not row.due:
+            basis = None
         known = oldest[row.status]
         if basis is not None and basis <= now:
             oldest[row.status] = basis if known is None else min(known, basis)
@@ -377,20 +378,9 @@ def _assemble(
 
 def _unsupported(store: BatchStore) -> str | None:
     """Name what the store's mapping needs that is not mirrored here."""
-    times = bound_of(store).times
-    if "started_at" not in times:
-        return "a mapping without a start time"
-    if "due_at" in times:
-        return "a due time"
-    mapping = getattr(store.config, "mapping", None)
-    window_by = getattr(mapping, "window_by", "started_at")
-    if window_by != "started_at":
-        return f"a window by {window_by}"
-    for rule in ("only_when", "finish_optional_for"):
-        if getattr(mapping, rule, None):
-            return rule
-    conditions = list(getattr(mapping, "filter", ()))
-    for status_rule in getattr(mapping, "status_rules", ()):
+    mapping = store.config.mapping
+    conditions = list(mapping.filter)
+    for status_rule in mapping.status_rules:
         conditions += status_rule.when
     if any(_on_the_clock(c) for c in conditions):
         # A row's status or presence would change with no write to it.
@@ -400,10 +390,10 @@ def _unsupported(store: BatchStore) -> str | None:
     return None
 
 
-def _on_the_clock(condition: Any) -> bool:
-    if getattr(condition, "op", None) in _CLOCK_OPS:
+def _on_the_clock(condition: Condition) -> bool:
+    if condition.op in _CLOCK_OPS:
         return True
-    groups = getattr(condition, "any_of", ())
+    groups = condition.any_of
     return any(_on_the_clock(c) for group in groups for c in group)
 
 

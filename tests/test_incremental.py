@@ -635,8 +635,11 @@ CLOCK_RULE = {
 
 @pytest.mark.parametrize(
     "mapping",
-    [{"window_by": "finished_at"}, {"status_rules": [CLOCK_RULE]}],
-    ids=["window_by", "clock_rule"],
+    [
+        {"status_rules": [CLOCK_RULE]},
+        {"filter": [{"column": "finished_at", "op": "past"}]},
+    ],
+    ids=["clock_rule", "clock_filter"],
 )
 def test_mappings_not_mirrored_fall_back_to_full_reads(
     sqlite: Database,
