@@ -91,7 +91,7 @@ def stuck_batches(
             StuckBatch(
                 batch_id=str(raw_id),
                 raw_id=raw_id,
-                status=str(state),
+                status=store.statuses.shown(state),
                 kind=kind_value,
                 started_us=round(float(started) * 1_000_000),
                 raw_started=raw_started,

@@ -150,7 +150,7 @@ class MappingReader:
                 self.fail(key, text, f"use one of {', '.join(_DIALECT_KEYS)}")
             elif not isinstance(text, str) or not _SELECT.match(text):
                 self.fail(key, text, "must be a SELECT (or WITH) statement")
-            elif ";" in text.rstrip().rstrip(";"):
+            elif ";" in _outside_quotes(text.rstrip().rstrip(";")):
                 self.fail(key, "", "must be one statement, without ';'")
             else:
                 found["" if dialect == "default" else dialect] = text.rstrip(
@@ -237,8 +237,16 @@ class MappingReader:
         self.reader.unknown_keys(data, _ROLE_KEYS, f"{self.where}{key}")
         if "any" in data:
             groups = data["any"]
-            if not isinstance(groups, list) or not groups:
-                self.fail(f"{key}.any", groups, "must be a list of lists")
+            if (
+                not isinstance(groups, list)
+                or not groups
+                or not all(isinstance(g, list) and g for g in groups)
+            ):
+                self.fail(
+                    f"{key}.any",
+                    groups,
+                    "must be a list of non-empty lists of conditions",
+                )
                 return None
             return Condition(
                 op="any",
@@ -416,7 +424,14 @@ class MappingReader:
                     "not a batch.* metric of the catalogue",
                 )
                 continue
-            found[str(metric)] = str(why)
+            if not isinstance(why, str) or not why.strip():
+                self.fail(
+                    f"unavailable.{metric}",
+                    why,
+                    "say why in words, so check can print it",
+                )
+                continue
+            found[str(metric)] = why
         return found
 
 
@@ -431,3 +446,8 @@ def parameter_problem(kind: str, value: str) -> str | None:
             "digits and _, not starting with a digit)"
         )
     return None
+
+
+def _outside_quotes(sql: str) -> str:
+    """The SQL text with its quoted strings and identifiers blanked."""
+    return re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`", "''", sql)

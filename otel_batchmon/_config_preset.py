@@ -25,10 +25,13 @@ class PresetChoice:
         name: str | None = None,
         parameters: Mapping[str, tuple[str, str | None]] | None = None,
         zone_hint: str | None = None,
+        failed: bool = False,
     ) -> None:
         self.name = name
         self.parameters = dict(parameters or {})
         self.zone_hint = zone_hint
+        # An unknown preset: its table is not missing, the name is wrong.
+        self.failed = failed
 
 
 def apply_preset(
@@ -51,8 +54,18 @@ def apply_preset(
             name,
             f"unknown preset; {hint}known presets: {', '.join(known)}",
         )
-        return plain, PresetChoice()
-    shipped = presets.store_settings(presets.load(name))
+        return plain, PresetChoice(failed=True)
+    loaded = presets.load(name)
+    dialect = _dialect(plain.get("database_url"))
+    supported = loaded.get("dialects", [])
+    if dialect is not None and dialect not in supported:
+        reader.fail(
+            f"{where}preset",
+            name,
+            f"{loaded.get('title', name)} keeps its tables on "
+            f"{', '.join(supported)}, not {dialect}",
+        )
+    shipped = presets.store_settings(loaded)
     base = shipped.settings
     if "table" in plain or "query" in plain:
         base = {k: v for k, v in base.items() if k not in ("table", "query")}
@@ -126,6 +139,8 @@ def _parameters(
         problem = parameter_problem(kind, str(value))
         if problem:
             reader.fail(f"{where}preset_parameters.{name}", value, problem)
+            # The default stands in, so the query is not reported again.
+            value = default
         values[name] = (kind, str(value))
     return values
 

@@ -102,7 +102,11 @@ class Reader:
                 data, "refresh_mode", "", refresh_mode, "full"
             ),
             reconcile_every_seconds=self.take(
-                data, "reconcile_every", "", positive_duration, 600.0
+                data,
+                "reconcile_every",
+                "",
+                positive_duration,
+                max(600.0, interval),
             ),
             stale_after_seconds=self.take(
                 data, "stale_after", "", positive_duration, 3 * interval
@@ -160,6 +164,14 @@ class Reader:
         self, config: MonitorConfig, data: Mapping[str, Any]
     ) -> None:
         interval = config.refresh_interval_seconds
+        if config.reconcile_every_seconds < interval:
+            self.fail(
+                "reconcile_every",
+                data.get("reconcile_every"),
+                f"{config.reconcile_every_seconds:g}s is shorter than "
+                f"refresh_interval ({interval:g}s); every refresh would be "
+                "a full read",
+            )
         if config.statement_timeout_seconds >= interval:
             self.fail(
                 "statement_timeout",
@@ -245,7 +257,7 @@ class _StoreReader:
         schema, table = r.take(data, "table", w, table_name, no_table)
         if "table" in data and "query" in data:
             r.fail(f"{w}query", "", "set either table or query, not both")
-        elif "table" not in data and "query" not in data:
+        elif "table" not in data and "query" not in data and not preset.failed:
             r.problems.append(
                 f"{w}table: missing; name the batch table (or set query, "
                 "or a preset)"
@@ -263,7 +275,7 @@ class _StoreReader:
         mapping = mapper.with_value_rules(
             mapping, columns, self.booleans, data.get("null_status")
         )
-        self.check_mapping(columns, mapping)
+        self.check_mapping(columns, mapping, data.get("stuck"))
         store = StoreConfig(
             name=chosen or "default",
             database_url=url,
@@ -329,8 +341,24 @@ class _StoreReader:
             ),
         )
 
-    def check_mapping(self, columns: ColumnMap, mapping: RowMapping) -> None:
+    def check_mapping(
+        self,
+        columns: ColumnMap,
+        mapping: RowMapping,
+        stuck: object,
+    ) -> None:
         w = self.where
+        derived = mapping.status_rules or any(
+            not columns.get(r) for r in ("id", "status", "finished_at")
+        )
+        action = stuck.get("action") if isinstance(stuck, dict) else None
+        if action == "fail" and (mapping.read_only or derived):
+            self.reader.problems.append(
+                f"{w}stuck.action: otel-batchmon never writes through a "
+                "preset, a query or a derived status or finish time; "
+                'use action = "none" and resolve stuck jobs with the '
+                "framework's own tools"
+            )
         if columns.source("status") is None:
             if not mapping.status_rules:
                 self.reader.problems.append(

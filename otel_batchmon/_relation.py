@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Enum,
     Float,
     Integer,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     not_,
+    null,
     or_,
     select,
     table,
@@ -50,6 +52,7 @@ from otel_batchmon._dialects import (
     time_sql_for,
 )
 from otel_batchmon.config import (
+    CANONICAL_STATUSES,
     COLUMN_ROLES,
     REQUIRED_ROLES,
     TIME_ROLES,
@@ -68,11 +71,12 @@ _LISTED = 30
 _DERIVED = "batches"
 # Kinds of column a database reports: timestamps with and without zone,
 # numbers (epoch encodings), and anything else.
-_AWARE, _NAIVE, _NUMBER, _TEXT, _OTHER, _UNKNOWN = (
+_AWARE, _NAIVE, _NUMBER, _TEXT, _JSON, _OTHER, _UNKNOWN = (
     "aware",
     "naive",
     "number",
     "text",
+    "json",
     "other",
     "unknown",
 )
@@ -84,9 +88,11 @@ _PG_TYPES = {
     1043: _TEXT,
     1042: _TEXT,
     19: _TEXT,
+    114: _JSON,
+    3802: _JSON,
 }
 _PG_NUMBERS = {20, 21, 23, 700, 701, 1700}
-_MYSQL_TYPES = {7: _AWARE, 12: _NAIVE, 10: _NAIVE}
+_MYSQL_TYPES = {7: _AWARE, 12: _NAIVE, 10: _NAIVE, 245: _JSON}
 _MYSQL_NUMBERS = {0, 1, 2, 3, 4, 5, 8, 9, 246}
 
 
@@ -133,6 +139,7 @@ class _Base:
         kinds: dict[str, str],
         dialect: str,
         is_query: bool,
+        version: tuple[Any, ...] = (),
     ) -> None:
         self.schema = schema
         self.name = name
@@ -140,6 +147,7 @@ class _Base:
         self.kinds = kinds
         self.dialect = dialect
         self.is_query = is_query
+        self.version = version
 
     @classmethod
     def of(cls, config: StoreConfig, connection: Connection) -> _Base:
@@ -188,7 +196,8 @@ class _Base:
             .columns(*(column(n) for n in names))
             .subquery("relation")
         )
-        return cls(None, "(query)", clause, kinds, d, True)
+        version = connection.dialect.server_version_info or ()
+        return cls(None, "(query)", clause, kinds, d, True, version)
 
     @classmethod
     def _table(
@@ -224,7 +233,8 @@ class _Base:
         reflected = inspector.get_columns(real_name, schema=schema)
         kinds = {c["name"]: _kind_of_type(d, c["type"]) for c in reflected}
         clause = table(real_name, *(column(n) for n in kinds), schema=schema)
-        return cls(schema, real_name, clause, kinds, d, False)
+        version = connection.dialect.server_version_info or ()
+        return cls(schema, real_name, clause, kinds, d, False, version)
 
 
 class _Binder:
@@ -242,6 +252,12 @@ class _Binder:
         self.names = list(base.kinds)
 
     def bind(self) -> BoundTable:
+        for name in self.mapping.column_encodings:
+            if resolve(name, self.names) is None:
+                self.problems.append(
+                    f"{self.where}.timestamps.per_column.{name}: no such "
+                    f"column in {self.config.qualified_table!r}"
+                )
         sources = {role: self.resolve_source(role) for role in COLUMN_ROLES}
         found = {r: s for r, s in sources.items() if s is not None}
         encodings = {
@@ -375,7 +391,7 @@ class _Binder:
                 f"{name} = epoch_s, epoch_ms or epoch_float"
             )
             return _NAIVE
-        if kind == _OTHER:
+        if kind in (_OTHER, _TEXT, _JSON):
             self.problems.append(
                 f"{place}: column {name!r} is not a timestamp type"
             )
@@ -396,17 +412,34 @@ class _Binder:
         status = exprs.get("status")
         for role, canonicals in self.mapping.only_when.items():
             if role in exprs and status is not None:
-                raw = self.statuses.raw_values(canonicals)
-                if self.mapping.status_rules:
-                    raw = [str(v) for v in raw]
-                raw += [RULE_MARK + c for c in canonicals]
-                exprs[role] = case((status.in_(raw), exprs[role]))
+                exprs[role] = case(
+                    (self.status_among(status, canonicals), exprs[role])
+                )
         query = select(*(e.label(r) for r, e in exprs.items())).select_from(
             base
         )
         for condition in self.mapping.filter:
             query = query.where(self.condition(condition))
         return query.subquery(_DERIVED)
+
+    def status_among(
+        self, status: Any, canonicals: Sequence[str]
+    ) -> ColumnElement[bool]:
+        """The row's canonical status is one of ``canonicals``; ``other``
+        takes in every value the mapping does not know, as the counts do."""
+
+        def values(wanted: Sequence[str]) -> list[Any]:
+            raw = self.statuses.raw_values(wanted)
+            if self.mapping.status_rules:
+                raw = [str(v) for v in raw]
+            return raw + [RULE_MARK + c for c in wanted]
+
+        if "other" not in canonicals:
+            return status.in_(values(canonicals))  # type: ignore[no-any-return]
+        rest = [c for c in CANONICAL_STATUSES if c not in canonicals]
+        if not rest:
+            return true()
+        return or_(status.is_(None), not_(status.in_(values(rest))))
 
     def rule_status(self, status: ColumnElement[Any] | None) -> Any:
         default = self.mapping.default_status
@@ -434,20 +467,50 @@ class _Binder:
         return self.json(source)
 
     def json(self, source: JsonPath) -> ColumnElement[Any]:
+        """The text at a JSON path, NULL where the value is not valid
+        JSON: one malformed row must not fail every read of the store."""
         col = self.base.clause.c[source.column]
+        kind = self.base.kinds.get(source.column, _UNKNOWN)
         family = _family(self.base.dialect)
-        if family == "postgresql":
-            keys = ",".join(source.path)
-            # A cast reads json, jsonb and JSON kept in a text column alike.
-            text_at: ColumnElement[Any] = cast(col, JSONB).op("#>>")(
-                literal_column(f"'{{{keys}}}'")
+        if kind not in (_JSON, _TEXT, _UNKNOWN):
+            self.problems.append(
+                f"{self.where}: JSON path on column {source.column!r}, "
+                "which holds neither JSON nor text"
             )
-            return text_at
+            return null()
+        if family == "postgresql":
+            return self.postgres_json(source, col, kind)
         path = "$" + "".join(f'."{k}"' for k in source.path)
         extracted = func.json_extract(col, literal_column(f"'{path}'"))
         if family == "mysql":
-            return func.json_unquote(extracted)
-        return extracted
+            extracted = func.json_unquote(extracted)
+        valid: ColumnElement[Any] = case(
+            (func.json_valid(col) == 1, extracted)
+        )
+        return valid
+
+    def postgres_json(
+        self, source: JsonPath, col: Any, kind: str
+    ) -> ColumnElement[Any]:
+        keys = ",".join(source.path)
+        at: ColumnElement[Any] = cast(col, JSONB).op("#>>")(
+            literal_column(f"'{{{keys}}}'")
+        )
+        if kind == _JSON:
+            return at
+        major = self.base.version[0] if self.base.version else 0
+        if isinstance(major, int) and major >= 16:
+            guarded: ColumnElement[Any] = case(
+                (col.bool_op("IS")(literal_column("JSON")), at)
+            )
+            return guarded
+        self.problems.append(
+            f"{self.where}: JSON path on text column {source.column!r}: "
+            "PostgreSQL before 16 cannot skip a malformed value there, so "
+            "one bad row would fail every read; store it as json or jsonb, "
+            "or read it through a query"
+        )
+        return null()
 
     def condition(self, cond: Condition) -> ColumnElement[bool]:
         if cond.op == "any":
@@ -567,6 +630,11 @@ def _kind_of_type(dialect: str, column_type: Any) -> str:
         return _AWARE if is_aware(dialect, column_type) else _NAIVE
     if isinstance(column_type, Integer | Numeric | Float):
         return _NUMBER
+    if dialect == "sqlite":
+        # SQLite keeps times as text of any declared type: read them all.
+        return _UNKNOWN
+    if isinstance(column_type, JSON):
+        return _JSON
     if isinstance(column_type, String) and not isinstance(column_type, Enum):
         return _TEXT
     if dialect == "sqlite":

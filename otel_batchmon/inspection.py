@@ -244,9 +244,11 @@ def _report_statuses(
         f"{'NULL' if v is None else repr(v)} ({n} rows)"
         for v, n in sorted(unknown.items(), key=lambda item: str(item[0]))
     )
+    hint = "map them under [statuses]"
+    if None in unknown:
+        hint += " (NULL: set null_status)"
     print(
-        f"  status values not mapped (reported as 'other'): {listed}; "
-        "map them under [statuses]",
+        f"  status values not mapped (reported as 'other'): {listed}; {hint}",
         file=out,
     )
 

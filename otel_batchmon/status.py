@@ -57,13 +57,31 @@ class StatusMap:
         with self._lock:
             if text not in self._warned:
                 self._warned.add(text)
-                _log.warning(
-                    "store %s: status value %r is not in the mapping; "
-                    "it is reported as 'other' (map it under [statuses])",
-                    store,
-                    text,
-                )
+                if text is None:
+                    _log.warning(
+                        "store %s: rows with a NULL status are reported as "
+                        "'other' (set null_status to count them as one of "
+                        "the canonical statuses)",
+                        store,
+                    )
+                else:
+                    _log.warning(
+                        "store %s: status value %r is not in the mapping; "
+                        "it is reported as 'other' (map it under "
+                        "[statuses])",
+                        store,
+                        text,
+                    )
         return OTHER
+
+    @staticmethod
+    def shown(raw: object) -> str:
+        """A status as people read it: a rule's result is its canonical
+        word, anything else the table's own value."""
+        from otel_batchmon._relation import RULE_MARK
+
+        text = "NULL" if raw is None else str(raw)
+        return text.removeprefix(RULE_MARK)
 
     def is_known(self, raw: object) -> bool:
         """Tell whether a raw value maps to a canonical status."""

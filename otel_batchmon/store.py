@@ -324,17 +324,21 @@ class _RefreshParts:
         started counts from its queued time (or due time), when there is
         one."""
         start, ts = self.start, self.ts
+        # An unbound column, like the time columns: this condition is also
+        # used with other table clauses of the same table (alert reads).
+        status: Any = column(self.status.name)
         early = (
             ts.value(start) < ts.at(start, "stuck_shift")
             if start is not None
             else false()
         )
+        if self.due is not None:
+            # A pending retry that is not due yet waits; it is not stuck.
+            pending = status.in_(self.statuses.raw_values(("pending",)))
+            early = and_(early, or_(~pending, self._is_due("stuck_shift")))
         queued = self.queued
         if queued is None:
             return early
-        # An unbound column, like the time columns: this condition is also
-        # used with other table clauses of the same table (alert reads).
-        status: Any = column(self.status.name)
         waiting = and_(
             start.column.is_(None) if start is not None else true(),
             status.in_(self.statuses.raw_values(("pending",))),

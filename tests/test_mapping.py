@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import text
 
 from otel_batchmon import BatchMonitor, parse_config
+from otel_batchmon._alert_rows import stuck_batches
 from otel_batchmon.errors import ConfigError
 from tests.conftest import Database
 from tests.metrics import Points, collect, value
@@ -44,6 +45,8 @@ def _create(db: Database, name: str, columns: str) -> None:
     if db.backend == "mariadb":
         columns = columns.replace("TIMESTAMP", "DATETIME(6)")
         columns = columns.replace("JSONTEXT", "LONGTEXT")
+    elif db.backend == "postgresql":
+        columns = columns.replace("JSONTEXT", "JSONB")
     else:
         columns = columns.replace("JSONTEXT", "TEXT")
     with db.engine.begin() as connection:
@@ -170,6 +173,16 @@ def _oban_like_rows() -> list[dict[str, Any]]:
             inserted_at=_ago(hours=7),
             attempted_at=_ago(hours=6),
         ),
+        # Completed an hour ago after 30 minutes; its JSON is malformed
+        # (where the database lets it be stored), so it has no kind, and
+        # the store is still read.
+        row(
+            8,
+            "completed",
+            inserted_at=_ago(hours=2),
+            attempted_at=_ago(hours=1, minutes=30),
+            completed_at=_ago(hours=1),
+        ),
         # Completed 3 days ago: outside the window.
         row(
             7,
@@ -211,26 +224,28 @@ def test_chains_json_paths_and_due_times_read_like_the_rows_say(
 ) -> None:
     name = db.table_name("oban")
     _create(db, name, _OBAN_COLUMNS)
-    _insert(db, name, _oban_like_rows())
+    rows = _oban_like_rows()
+    rows[-2]["args"] = '"no object"' if db.backend == "postgresql" else "{bad"
+    _insert(db, name, rows)
 
     points, _ = _refresh(db, {"table": name, **_OBAN_STORE})
 
     assert _window(points) == {
         "pending": 2,
         "processing": 1,
-        "completed": 1,
+        "completed": 2,
         "failed": 1,
         "other": 1,
     }
-    assert _gauge(points, "batch.window.failure_ratio") == 0.5
+    assert _gauge(points, "batch.window.failure_ratio") == pytest.approx(1 / 3)
     assert _gauge(points, "batch.window.duration.mean") == pytest.approx(
-        (600 + 1800) / 2, abs=1
+        (600 + 1800 + 1800) / 3, abs=1
     )
     assert _gauge(points, "batch.stuck.count") == 1
     pending_age = _gauge(points, "batch.pending.oldest_age")
     assert pending_age == pytest.approx(20 * 60, abs=30)
     assert _gauge(points, "batch.last_success.age") == pytest.approx(
-        7200, abs=30
+        3600, abs=30
     )
     invalid = {
         reason: value(
@@ -246,11 +261,12 @@ def test_chains_json_paths_and_due_times_read_like_the_rows_say(
     # The JSON path gives each finished batch its kind (the backfill of 3
     # days takes in row 7 too).
     finished = {
-        (dict(key)["batch.kind"], dict(key)["batch.status"]): count
+        (dict(key).get("batch.kind"), dict(key)["batch.status"]): count
         for key, count in points["batch.finished"].items()
     }
     assert finished == {
         ("Job1", "completed"): 2,
+        (None, "completed"): 1,
         ("Job0", "failed"): 1,
         ("Job1", "other"): 1,
     }
@@ -293,7 +309,7 @@ def test_a_query_with_a_join_casts_and_percent_signs_is_read_as_written(
     # Row 6 (the stuck one) is excluded by the join's label.
     assert _window(points)["processing"] == 0
     assert _gauge(points, "batch.stuck.count") == 0
-    assert _window(points)["completed"] == 1
+    assert _window(points)["completed"] == 2
 
 
 def _laravel_rows() -> list[dict[str, Any]]:
@@ -388,7 +404,7 @@ def test_status_rules_and_epoch_seconds_without_a_status_column(
         "unavailable": {"batch.pending.oldest_age": "no queued state"},
     }
 
-    points, _ = _refresh(db, store)
+    points, monitor = _refresh(db, store)
 
     assert _window(points) == {
         "pending": 0,
@@ -398,6 +414,12 @@ def test_status_rules_and_epoch_seconds_without_a_status_column(
         "other": 1,
     }
     assert _gauge(points, "batch.stuck.count") == 1
+    # What stuck list shows is the canonical word a rule gave.
+    with db.engine.connect() as connection:
+        stuck = stuck_batches(
+            monitor.refresher.stores[0], connection, 4 * 3600
+        )
+    assert [(b.batch_id, b.status) for b in stuck] == [("b5", "processing")]
     assert _gauge(points, "batch.window.duration.mean") == pytest.approx(
         (3600 + 3600) / 2, abs=2
     )
@@ -465,6 +487,8 @@ def test_no_start_time_windows_by_finish_and_hides_what_it_cannot_know(
         # A moving date on a started task must not window it.
         ("STARTED", _ago(minutes=5)),
         ("REVOKED", _ago(hours=3)),
+        # A state the mapping does not know is 'other', in the window too.
+        ("PROGRESS", _ago(minutes=10)),
     ]
     _insert(
         db,
@@ -500,7 +524,7 @@ def test_no_start_time_windows_by_finish_and_hides_what_it_cannot_know(
         "processing": 0,
         "completed": 1,
         "failed": 1,
-        "other": 1,
+        "other": 2,
     }
     assert _gauge(points, "batch.window.failure_ratio") == 0.5
     for absent in (
@@ -604,9 +628,67 @@ def test_boolean_and_null_statuses_with_a_rule_on_the_clock(
     assert active == {"pending": 1, "processing": 1}
 
 
+def test_a_pending_row_not_yet_due_is_never_stuck(db: Database) -> None:
+    name = db.table_name("retries")
+    _create(
+        db,
+        name,
+        "id INTEGER PRIMARY KEY, status VARCHAR(20), created_at TIMESTAMP,"
+        " started_at TIMESTAMP, finished_at TIMESTAMP,"
+        " scheduled_at TIMESTAMP",
+    )
+
+    def row(i: int, started: datetime | None, due: datetime) -> dict[str, Any]:
+        return {
+            "id": i,
+            "status": "pending",
+            "created_at": _ago(hours=7),
+            "started_at": started,
+            "finished_at": None,
+            "scheduled_at": due,
+        }
+
+    _insert(
+        db,
+        name,
+        [
+            # A retry: its last attempt started 6 h ago, due in an hour.
+            row(1, _ago(hours=6), NOW + timedelta(hours=1)),
+            # Never started, due 5 h ago: stuck.
+            row(2, None, _ago(hours=5)),
+            # Never started, due in an hour: waiting.
+            row(3, None, NOW + timedelta(hours=1)),
+        ],
+    )
+    store = {
+        "table": name,
+        "columns": {"due_at": "scheduled_at"},
+        "stuck_statuses": ["pending", "processing"],
+    }
+
+    points, _ = _refresh(db, store)
+
+    assert _gauge(points, "batch.stuck.count") == 1
+    assert _gauge(points, "batch.pending.oldest_age") == pytest.approx(
+        5 * 3600, abs=30
+    )
+
+
 def test_every_mapping_mistake_is_reported_at_once() -> None:
     settings = {
         "stores": {
+            "d": {
+                "database_url": "sqlite:///x.db",
+                "preset": "pgboss",
+                "stuck": {"action": "fail", "after": "8h"},
+            },
+            "e": {
+                "database_url": "sqlite:///x.db",
+                # A semicolon inside a string is not a second statement.
+                "query": "SELECT * FROM t WHERE s <> ';'",
+                "filter": [{"any": [[{"column": "s", "op": "is_null"}], []]}],
+                "unavailable": {"batch.records": 3},
+            },
             "a": {
                 "database_url": "sqlite:///x.db",
                 "preset": "obann",
@@ -651,8 +733,17 @@ def test_every_mapping_mistake_is_reported_at_once() -> None:
         "stores.c.timestamps.default",
         "stores.c.window_by",
         "stores.c.unavailable.batch.nope",
+        "stores.d.preset: pg-boss",
+        "keeps its tables on postgresql, not sqlite",
+        "stores.d.stuck.action: otel-batchmon never writes",
+        "stores.e.filter[0].any: must be a list of non-empty lists",
+        "stores.e.unavailable.batch.records: say why in words",
     ):
         assert expected in text_, expected
+    # Only what is wrong is reported: no follow-on problems.
+    assert "stores.a.table" not in text_
+    assert "stores.e.query" not in text_
+    assert "stores.b.query" not in text_
 
 
 def test_a_number_column_must_be_declared_as_epoch(db: Database) -> None:
@@ -685,7 +776,7 @@ def test_presets_refuse_writes_and_init_db(tmp_path: Any) -> None:
             "stores": {
                 "jobs": {
                     "database_url": f"sqlite:///{tmp_path / 'j.db'}",
-                    "preset": "good_job",
+                    "preset": "oban",
                 }
             }
         }
