@@ -70,6 +70,9 @@ def _refresh(
     config = parse_config(
         {
             "refresh_interval": "1s",
+            # A loaded machine may take seconds from refresh to export;
+            # staleness is tested elsewhere.
+            "stale_after": "10m",
             "backfill": "3d",
             "settle_lag": "0s",
             # A state database of its own, so no earlier run's watermark

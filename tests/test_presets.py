@@ -303,6 +303,9 @@ def _refresh_and_export(
     config = parse_config(
         {
             "refresh_interval": "1s",
+            # A loaded machine may take seconds from refresh to export;
+            # staleness is tested elsewhere.
+            "stale_after": "10m",
             "events": False,
             "state_url": f"sqlite:///{tmp_path / 'state.db'}",
             "stores": {name: store},
