@@ -134,6 +134,7 @@ def _merge(args: argparse.Namespace) -> int:
         merged[key] = [item for p in parts for item in p[key]]
     for key in ("skipped", "query_exporter"):
         merged[key] = {k: v for p in parts for k, v in p[key].items()}
+    merged["machine"]["code"] = [p["machine"]["code"] for p in parts]
     merged["machine"]["databases"] = {
         k: v for p in parts for k, v in p["machine"]["databases"].items()
     }
