@@ -17,7 +17,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    extract,
     func,
     literal,
     select,
@@ -140,10 +139,13 @@ class _PostgresTime(TimeSql):
         value = col.column
         if not col.aware and self.zone != "UTC":
             value = func.timezone(self._zone(), value)
-        return cast(extract("epoch", value), Double)
+        # date_part gives a double; extract gives numeric since
+        # PostgreSQL 14, and numeric arithmetic made the window aggregate
+        # five times slower.
+        return func.date_part("epoch", value, type_=Double)
 
     def now_epoch(self, shift: str | None) -> ColumnElement[float]:
-        return cast(extract("epoch", self._now(shift)), Double)
+        return func.date_part("epoch", self._now(shift), type_=Double)
 
 
 class _MysqlTime(TimeSql):
