@@ -59,7 +59,7 @@ from otel_batchmon._engine import create_monitor_engine
 HERE = Path(__file__).resolve().parent
 POSTGRES_URL = os.environ.get(
     "BATCHMON_BENCH_POSTGRES_URL",
-    "postgresql+psycopg://postgres@127.0.0.1:5432/bench",
+    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
 )
 MARIADB_URL = os.environ.get(
     "BATCHMON_BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -132,6 +132,10 @@ def _merge(args: argparse.Namespace) -> int:
     }
     for key in ("cases", "cycles", "callbacks"):
         merged[key] = [item for p in parts for item in p[key]]
+    order = {"sqlite": 0, "postgresql": 1, "mysql": 2}
+    merged["cases"].sort(
+        key=lambda c: (order.get(c["database"], 3), c["rows"], c["model"])
+    )
     for key in ("skipped", "query_exporter"):
         merged[key] = {k: v for p in parts for k, v in p[key].items()}
     merged["machine"]["code"] = [p["machine"]["code"] for p in parts]
