@@ -39,7 +39,7 @@ from otel_batchmon._buckets import WindowRow
 from otel_batchmon._dialects import TimeColumn
 from otel_batchmon.errors import StoreError
 from otel_batchmon.status import OTHER
-from otel_batchmon.store import BatchStore
+from otel_batchmon.store import BatchStore, inline_values
 
 __all__ = ["ACTIVE_OWN", "WindowRead", "WindowReads", "bound_of"]
 
@@ -97,7 +97,7 @@ class WindowReads:
             s for s in _FINISHED if s in starts and self.start is not None
         )
         raw = store.statuses.raw_values((*ACTIVE_OWN, *config.stuck_statuses))
-        self.is_active = self.status.in_(raw)
+        self.is_active = self.status.in_(inline_values("active_statuses", raw))
         ts = self.ts
         recent = ts.value(self.finish) > ts.at(self.finish, "since_shift")
         self.changes = union_all(
@@ -281,7 +281,7 @@ class WindowReads:
             select(ts.epoch(finish))
             .select_from(self.t)
             .where(
-                self.status.in_(completed),
+                self.status.in_(inline_values("done_statuses", completed)),
                 ts.value(finish) <= ts.at(finish, "now_shift"),
             )
             .order_by(ts.value(finish).desc())

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Double,
     String,
     and_,
+    bindparam,
     case,
     cast,
     column,
@@ -378,7 +379,7 @@ class _RefreshParts:
         return (
             select(*self._row("a", self.status, values, None))
             .select_from(self.t)
-            .where(self.status.in_(raw))
+            .where(self.status.in_(inline_values("running_statuses", raw)))
             .group_by(self.status)
         )
 
@@ -391,7 +392,12 @@ class _RefreshParts:
         latest = (
             select(ts.epoch(finish).label("finished"))
             .select_from(self.t)
-            .where(and_(self.status.in_(raw), self._before_now(finish)))
+            .where(
+                and_(
+                    self.status.in_(inline_values("completed_statuses", raw)),
+                    self._before_now(finish),
+                )
+            )
             .order_by(ts.value(finish).desc())
             .limit(1)
             .subquery("latest")
@@ -400,3 +406,10 @@ class _RefreshParts:
         return select(
             *self._row("p", null(), [None, last], ts.now_epoch("now_shift"))
         ).select_from(latest)
+
+
+def inline_values(name: str, values: Sequence[Any]) -> Any:
+    """Status values written into the statement, quoted by SQLAlchemy:
+    SQLite matches a partial index (``WHERE status IN (...)``) only
+    against literal values, never bound parameters."""
+    return bindparam(name, list(values), expanding=True, literal_execute=True)
