@@ -56,3 +56,10 @@ def test_worker_api_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert '"name": "batch.finished"' in result.stdout
     assert "shop.orders.imported" in result.stdout
+
+
+def test_every_relative_link_of_the_readme_exists() -> None:
+    targets = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", _readme())
+    missing = [t for t in targets if not (README.parent / t).exists()]
+    assert targets
+    assert missing == []
