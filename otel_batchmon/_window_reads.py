@@ -202,21 +202,6 @@ class WindowReads:
     def _since(self, col: TimeColumn) -> ColumnElement[bool]:
         return self.ts.value(col) >= self.ts.at(col, "window_shift")
 
-    def _waiting_since(self) -> ColumnElement[Any] | None:
-        # As _RefreshParts._waiting_since: the later of the queued and
-        # due times (the start time when the table has neither).
-        queued, due, ts = self.queued, self.due, self.ts
-        if due is None:
-            basis = queued if queued is not None else self.start
-            return None if basis is None else ts.epoch(basis)
-        if queued is None:
-            return ts.epoch(due)
-        later = and_(
-            due.column.isnot(None),
-            or_(queued.column.is_(None), ts.epoch(due) > ts.epoch(queued)),
-        )
-        return case((later, ts.epoch(due)), else_=ts.epoch(queued))
-
     def _is_due(self) -> ColumnElement[bool]:
         # As _RefreshParts._is_due at the read's clock.
         due = self.due
@@ -246,7 +231,7 @@ class WindowReads:
         due: Any = null()
         if active:
             stuck_flag = _flag(self.store.stuck_condition())
-            waiting = self._waiting_since()
+            waiting = self.store.waiting_since()
             due = _flag(self._is_due())
         return (
             select(

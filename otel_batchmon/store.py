@@ -167,6 +167,13 @@ class BatchStore:
         bound = self._require_bound()
         return _RefreshParts(self, bound, self._table(bound)).stuck_since()
 
+    def waiting_since(self) -> ColumnElement[Any] | None:
+        """Epoch from which a pending row waits (the same expression as
+        ``batch.pending.oldest_age``); None when nothing tells (bound
+        stores)."""
+        bound = self._require_bound()
+        return _RefreshParts(self, bound, self._table(bound)).waiting_since()
+
     def shift(self, seconds: float) -> float | int:
         """The bound value for the database clock moved by ``seconds``."""
         return self.time_sql().parameter(self.clock_offset_seconds + seconds)
@@ -297,7 +304,7 @@ class _RefreshParts:
             func.sum(case((no_start, 1), else_=0)),
         ]
 
-    def _waiting_since(self) -> ColumnElement[Any] | None:
+    def waiting_since(self) -> ColumnElement[Any] | None:
         """Epoch from which a pending row waits: the later of its queued
         and due times (the start time when the table has neither)."""
         queued, due, ts = self.queued, self.due, self.ts
@@ -323,7 +330,7 @@ class _RefreshParts:
     def stuck_since(self) -> ColumnElement[bool]:
         """Started before the stuck cut-off; a pending row that never
         started counts from its queued time (or due time), when there is
-        one."""
+        one. (See waiting_since.)"""
         start, ts = self.start, self.ts
         # An unbound column, like the time columns: this condition is also
         # used with other table clauses of the same table (alert reads).
@@ -360,9 +367,9 @@ class _RefreshParts:
             if start is not None
             else null(),
         ]
-        # v3: what the pending age runs from (see _waiting_since), over
+        # v3: what the pending age runs from (see waiting_since), over
         # rows that are due and whose basis is not in the future.
-        since = self._waiting_since()
+        since = self.waiting_since()
         if since is None:
             values.append(null())
         else:
