@@ -111,7 +111,7 @@ def create_tables(config: MonitorConfig) -> list[str]:
 def _create_indexes(connection: Connection, store: StoreConfig) -> None:
     roles = {
         role: store.columns.get(role) or DEFAULT_COLUMNS[role]
-        for role in ("status", "started_at", "finished_at")
+        for role in ("status", "started_at", "finished_at", "queued_at")
     }
     for advice in recommended_indexes(store, roles, connection.dialect.name):
         connection.execute(CreateIndex(advice.index))
