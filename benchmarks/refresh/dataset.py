@@ -36,6 +36,7 @@ _ROLES = {
     "status": "status",
     "started_at": "started_at",
     "finished_at": "finished_at",
+    "queued_at": "created_at",
 }
 
 
