@@ -28,7 +28,6 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    true,
     union_all,
 )
 from sqlalchemy.engine import Connection
@@ -202,16 +201,6 @@ class WindowReads:
     def _since(self, col: TimeColumn) -> ColumnElement[bool]:
         return self.ts.value(col) >= self.ts.at(col, "window_shift")
 
-    def _is_due(self) -> ColumnElement[bool]:
-        # As _RefreshParts._is_due at the read's clock.
-        due = self.due
-        if due is None:
-            return true()
-        return or_(
-            due.column.is_(None),
-            self.ts.value(due) <= self.ts.at(due, "now_shift"),
-        )
-
     def _rows(
         self, part: str, where: ColumnElement[bool], active: bool = False
     ) -> Select[Any]:
@@ -232,7 +221,7 @@ class WindowReads:
         if active:
             stuck_flag = _flag(self.store.stuck_condition())
             waiting = self.store.waiting_since()
-            due = _flag(self._is_due())
+            due = _flag(self.store.is_due("now_shift"))
         return (
             select(
                 literal_column(f"'{part}'").label("part"),

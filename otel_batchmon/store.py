@@ -174,6 +174,12 @@ class BatchStore:
         bound = self._require_bound()
         return _RefreshParts(self, bound, self._table(bound)).waiting_since()
 
+    def is_due(self, shift: str) -> ColumnElement[bool]:
+        """The row has no due time, or it has passed at the clock moved by
+        the bound ``shift`` (bound stores)."""
+        bound = self._require_bound()
+        return _RefreshParts(self, bound, self._table(bound)).is_due(shift)
+
     def shift(self, seconds: float) -> float | int:
         """The bound value for the database clock moved by ``seconds``."""
         return self.time_sql().parameter(self.clock_offset_seconds + seconds)
@@ -319,7 +325,7 @@ class _RefreshParts:
         )
         return case((later, ts.epoch(due)), else_=ts.epoch(queued))
 
-    def _is_due(self, shift: str) -> ColumnElement[bool]:
+    def is_due(self, shift: str) -> ColumnElement[bool]:
         due = self.due
         if due is None:
             return true()
@@ -343,7 +349,7 @@ class _RefreshParts:
         if self.due is not None:
             # A pending retry that is not due yet waits; it is not stuck.
             pending = status.in_(self.statuses.raw_values(("pending",)))
-            early = and_(early, or_(~pending, self._is_due("stuck_shift")))
+            early = and_(early, or_(~pending, self.is_due("stuck_shift")))
         queued = self.queued
         if queued is None:
             return early
@@ -351,7 +357,7 @@ class _RefreshParts:
             start.column.is_(None) if start is not None else true(),
             status.in_(self.statuses.raw_values(("pending",))),
             ts.value(queued) < ts.at(queued, "stuck_shift"),
-            self._is_due("stuck_shift"),
+            self.is_due("stuck_shift"),
         )
         return or_(early, waiting)
 
@@ -374,7 +380,7 @@ class _RefreshParts:
             values.append(null())
         else:
             waiting = and_(
-                since <= ts.now_epoch("now_shift"), self._is_due("now_shift")
+                since <= ts.now_epoch("now_shift"), self.is_due("now_shift")
             )
             values.append(func.min(case((waiting, since))))
         if start is not None:
