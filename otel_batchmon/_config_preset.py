@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from otel_batchmon import presets
 from otel_batchmon._config_mapping import parameter_problem
+from otel_batchmon.config import _deep_merge
 
 if TYPE_CHECKING:
     from otel_batchmon._config_reader import Reader
@@ -156,16 +157,13 @@ def _render(text: Any, values: Mapping[str, tuple[str, str | None]]) -> Any:
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    result = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            if key in ("query", "unavailable"):
-                result[key] = value
-            else:
-                result[key] = _merge(result[key], value)
-        else:
-            result[key] = value
-    return result
+    # The user's settings win key by key, except a query or an unavailable
+    # table, which replace the preset's whole.
+    merged = _deep_merge(base, dict(top))
+    for key in ("query", "unavailable"):
+        if key in top:
+            merged[key] = top[key]
+    return merged
 
 
 def _dialect(url: object) -> str | None:
