@@ -20,12 +20,15 @@ only when there are any. A row that comes back to an active status (a
 retry re-opening a finished batch) leaves the held window and is counted
 with the active rows again.
 
-A full reconciliation (the store's own full read, plus a per-row read of
-the window that reseeds the buckets) runs at the first read, whenever
-the store was bound again, after a failed read, when the database clock
-went back, on ``request_reconcile`` (the refresher asks on a leader
-change) and every ``reconcile_every_seconds``. The snapshot it returns
-is the full read's.
+A full reconciliation (a per-row read of the whole window that reseeds
+the buckets) runs at the first read, whenever the store was bound again,
+after a failed read, when the database clock went back, on
+``request_reconcile`` (the refresher asks on a leader change) and every
+``reconcile_every_seconds``. Its snapshot is assembled from those rows
+like any other read's, so it costs one statement over the window and no
+full read besides. A table whose id is not unique cannot be held by id:
+while a reconciliation finds rows sharing an id, every refresh is the
+store's full read, with one warning.
 
 What only a reconciliation corrects, because no cheap read sees it:
 
@@ -36,7 +39,7 @@ What only a reconciliation corrects, because no cheap read sees it:
 - an edit of a finished row that leaves its finish time where it was
   (completed changed to failed, a corrected start time), and a deleted
   finished row;
-- finished rows without an id, and rows sharing an id (held once);
+- finished rows without an id (held each under a key of its own);
 - rows within float rounding of a window edge, which the database and
   this module may place on different sides.
 
@@ -131,6 +134,7 @@ class IncrementalRefresh:
         self._reads: WindowReads | None = None
         self._bound: object | None = None
         self._fallback: str | None = None
+        self._shared = 0
         self._mark: _Mark | None = None
         self._watched: set[Hashable] = set()
         self._reconciled_at = -math.inf
@@ -165,6 +169,9 @@ class IncrementalRefresh:
             return self.store.read(connection)
         if self._reconcile_due():
             return self.reconcile(connection)
+        if self._shared:
+            self.last_mode = "full"
+            return self.store.read(connection)
         try:
             snapshot = self._read_changes(connection)
         except BaseException:
@@ -176,13 +183,21 @@ class IncrementalRefresh:
         return snapshot
 
     def reconcile(self, connection: Connection) -> StoreSnapshot:
-        """Run the full read, reseed the held window, return the snapshot."""
+        """Read the window row by row, reseed it, return the snapshot.
+
+        The snapshot is assembled from the rows read, as every
+        incremental read's is, so a reconciliation costs one statement
+        over the window, not a full read besides. Ids that are not unique
+        cannot be held by id: while any row shares its id with another,
+        the store's full read answers instead.
+        """
         requests = self._requests
         self._broken = True
         began = time.monotonic()
-        full = self.store.read(connection)
         reads = self._reads_for_binding()
         got = reads.run(connection, reads.seed, self._params())
+        shared = _shared_ids(got)
+        self._warn_shared(shared)
         before = self._held_tally(got.now)
         self._buckets.clear()
         for row, _ in got.rows:
@@ -206,7 +221,28 @@ class IncrementalRefresh:
         self._requests_done = requests
         self.reconciles += 1
         self.last_mode = "full"
-        return full
+        if shared:
+            return self.store.read(connection)
+        snapshot = self._snapshot(got)
+        self.store.last_snapshot = snapshot
+        return snapshot
+
+    def _warn_shared(self, shared: int) -> None:
+        if shared and not self._shared:
+            _log.warning(
+                "store %s: %d rows share their id with another row; "
+                "incremental refresh needs a unique id and reads the whole "
+                "window until they are gone (map the id role to a unique "
+                "column)",
+                self.store.name,
+                shared,
+            )
+        elif self._shared and not shared:
+            _log.info(
+                "store %s: every id is unique again; reading incrementally",
+                self.store.name,
+            )
+        self._shared = shared
 
     def _full_reads_only(self) -> bool:
         # Mappings whose window, waiting or validity rules this module
@@ -403,6 +439,19 @@ def _age(now: float, then: float | None) -> float | None:
 
 def _keys(rows: Iterable[tuple[WindowRow, bool]]) -> set[Hashable]:
     return {row.key for row, _ in rows if row.key is not None}
+
+
+def _shared_ids(got: WindowRead) -> int:
+    """How many rows of a seed read share their id with another row."""
+    seen: set[Hashable] = set()
+    shared = 0
+    for row, _ in (*got.active, *got.rows):
+        if row.key is None:
+            continue
+        if row.key in seen:
+            shared += 1
+        seen.add(row.key)
+    return shared
 
 
 def _chunks(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     delete,
+    event,
     insert,
     update,
 )
@@ -400,6 +401,77 @@ def test_only_reconciliation_sees_writes_outside_the_watermark(
     assert_same(fixed, full)
     assert "window count other" in s.incremental.last_corrections
     s.check()
+
+
+def test_reconciliation_is_one_statement_over_the_window(
+    db: Database,
+) -> None:
+    rows = generate_rows(datetime.now(UTC), count=200, seed=27)
+    s = make(db, rows)
+    sent: list[str] = []
+
+    def count(*args: Any) -> None:
+        sent.append(args[2])
+
+    event.listen(s.db.engine, "before_cursor_execute", count)
+    try:
+        with s.db.engine.connect() as c, c.begin():
+            got = s.incremental.reconcile(c)
+    finally:
+        event.remove(s.db.engine, "before_cursor_execute", count)
+    # The snapshot comes from the rows read, not from a full read besides.
+    assert len(sent) == 1, sent
+    assert s.store.last_snapshot is got
+    with s.db.engine.connect() as c, c.begin():
+        full = s.store.read(c)
+    assert_same(got, full)
+    assert sum(got.window_counts.values()) > 100
+
+
+def test_ids_that_are_not_unique_fall_back_to_full_reads(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No primary key: two rows may carry one id, which cannot be held by
+    # id; the full read counts both, so the incremental must too.
+    table = Table(
+        db.table_name("inc_shared"),
+        MetaData(),
+        Column("id", String(64)),
+        Column("status", String(32)),
+        Column("created_at", DateTime(timezone=True)),
+        Column("started_at", DateTime(timezone=True)),
+        Column("finished_at", DateTime(timezone=True)),
+    )
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    rows = [
+        row(f"r{n}", "completed", now - 3 * hour, now - 2 * hour)
+        for n in range(5)
+    ]
+    rows += [
+        row("r0", "failed", now - 4 * hour, now - 3 * hour),
+        row("r1", "processing", now - hour),
+    ]
+    s = make(db, rows, table)
+    caplog.set_level("INFO", logger="otel_batchmon.incremental")
+    got = s.check(mode="full")
+    assert got.window_counts["completed"] == 5
+    assert got.window_counts["failed"] == 1
+    assert "2 rows share their id" in caplog.text
+    s.insert([row("r9", "completed", now - hour, s.now())])
+    s.check(mode="full")
+
+    s.write(
+        delete(s.table).where(
+            s.table.c.id.in_(["r0", "r1"]), s.table.c.status != "completed"
+        )
+    )
+    s.incremental.request_reconcile()
+    s.check(mode="full")
+    assert "every id is unique again" in caplog.text
+    s.insert([row("r10", "completed", now - hour, s.now())])
+    s.check()
+    assert caplog.text.count("share their id") == 1
 
 
 # Whole-second DATETIME would drop fractions; naive, so the zone applies.
