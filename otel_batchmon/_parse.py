@@ -9,6 +9,7 @@ __all__ = ["format_duration", "parse_duration", "split_list"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_ORDER = ("d", "h", "m", "s", "ms")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 
 
@@ -46,9 +47,14 @@ def _parse_text(text: str, signed: bool) -> float:
             f"{text!r} is not a duration; write it like 250ms, 90s, 5m, "
             "4h, 1d or 1h30m"
         )
-    return sign * sum(
-        float(number) * _UNITS[unit] for number, unit in _PART.findall(text)
-    )
+    parts = _PART.findall(text)
+    ranks = [_ORDER.index(unit) for _, unit in parts]
+    if ranks != sorted(set(ranks)):
+        raise ValueError(
+            f"{text!r} repeats a unit or puts a smaller one first; write "
+            "each unit once, largest first, like 1d12h or 1h30m"
+        )
+    return sign * sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
 def format_duration(seconds: float) -> str:

@@ -37,6 +37,13 @@ def test_bad_durations_say_how_to_write_one(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["1h1h", "30m1h", "5s250ms500ms", "1m1d"])
+def test_durations_take_each_unit_once_largest_first(text: str) -> None:
+    with pytest.raises(ValueError, match="each unit once, largest first"):
+        parse_duration(text)
+    assert parse_duration("1d2h3m4s5ms") == 93784.005
+
+
 def test_format_duration_round_trips_readable_values() -> None:
     assert format_duration(5400) == "1h30m"
     assert format_duration(0.25) == "250ms"
