@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "refresh_interval_seconds": args.refresh_interval,
             "reconcile_every_seconds": args.reconcile_every,
             "time_scale": args.time_scale,
+            "settle_lag_seconds": args.settle_lag,
             "rounds": args.rounds,
         },
         "skipped": unavailable,
@@ -167,6 +168,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--refresh-interval", type=float, default=30.0)
     parser.add_argument("--reconcile-every", type=float, default=600.0)
     parser.add_argument("--time-scale", type=float, default=30.0)
+    parser.add_argument("--settle-lag", type=float, default=30.0)
     parser.add_argument("--workdir", default="/tmp/bench-refresh")
     parser.add_argument(
         "--out",
@@ -318,7 +320,11 @@ def _run_case(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
         ),
         FullRefresh(config),
     ]
-    incremental = incremental_or_reason(config, args.reconcile_every)
+    # The writer runs time_scale times faster than the day it models, so
+    # the settle lag shrinks with it, as the refresh interval does.
+    incremental = incremental_or_reason(
+        config, args.reconcile_every, args.settle_lag / args.time_scale
+    )
     if isinstance(incremental, IncrementalMonitor):
         monitors.append(incremental)
     samples: dict[str, list[Measured]] = {m.name: [] for m in monitors}
@@ -335,7 +341,12 @@ def _run_case(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
             measure(engine, capture, monitor)
         window_rows = _window_rows(monitors[2])
         writer.start()
-        last_changed = writer.changed_rows
+        # Measure only once the rows finished within one read's look-back
+        # (settle lag, interval and the read's 5 s clock margin) are the
+        # writer's: sooner, the first size measured reads fewer of them.
+        time.sleep(
+            (args.settle_lag + args.refresh_interval) / args.time_scale + 6.0
+        )
         rounds = args.rounds if dataset.rows < BIG_ROWS else BIG_ROUNDS
         for index in range(rounds):
             began = time.monotonic()

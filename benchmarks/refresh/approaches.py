@@ -179,7 +179,12 @@ class IncrementalMonitor:
 
     name = "ours, incremental"
 
-    def __init__(self, config: StoreConfig, reconcile_every: float) -> None:
+    def __init__(
+        self,
+        config: StoreConfig,
+        reconcile_every: float,
+        settle_lag: float = 30.0,
+    ) -> None:
         from otel_batchmon.incremental import (  # type: ignore[import-not-found,unused-ignore]
             IncrementalRefresh,
         )
@@ -187,7 +192,9 @@ class IncrementalMonitor:
         self.store = BatchStore(config)
         self.reconcile_every = reconcile_every
         self.refresher = IncrementalRefresh(
-            self.store, reconcile_every_seconds=reconcile_every
+            self.store,
+            reconcile_every_seconds=reconcile_every,
+            settle_lag_seconds=settle_lag,
         )
         self.snapshot: Any = None
         self.reconciling = False
@@ -202,11 +209,11 @@ class IncrementalMonitor:
 
 
 def incremental_or_reason(
-    config: StoreConfig, reconcile_every: float
+    config: StoreConfig, reconcile_every: float, settle_lag: float = 30.0
 ) -> IncrementalMonitor | str:
     """The incremental monitor, or why it cannot be measured."""
     try:
-        return IncrementalMonitor(config, reconcile_every)
+        return IncrementalMonitor(config, reconcile_every, settle_lag)
     except ImportError as exc:
         return f"{NOT_AVAILABLE} (ImportError: {exc})"
     except Exception as exc:
