@@ -28,7 +28,9 @@ after a failed read, when the database clock went back, on
 like any other read's, so it costs one statement over the window and no
 full read besides. A table whose id is not unique cannot be held by id:
 while a reconciliation finds rows sharing an id, every refresh is the
-store's full read, with one warning.
+store's full read, with one warning. An id shared only with a row
+outside the window (a run id used again) costs a reconciliation each
+time a read by id returns both rows.
 
 What only a reconciliation corrects, because no cheap read sees it:
 
@@ -300,12 +302,20 @@ class IncrementalRefresh:
             self._buckets.discard(key)
         seen: set[Hashable] = set()
         watch: set[Hashable] = set()
-        self._take(got.rows, active, seen, watch)
+        repeated = self._take(got.rows, active, seen, watch)
         departed = self._watched - active - seen
         if departed:
             for chunk in _chunks(sorted(departed, key=repr), _LOOKUP_CHUNK):
                 found = reads.lookup(connection, chunk, params)
-                self._take(found, active, seen, watch)
+                repeated |= self._take(found, active, seen, watch)
+        if repeated:
+            # An id reused by another row (an older run, outside the
+            # window): which row is held cannot be told by id.
+            _log.debug(
+                "store %s: rows share an id; reconciling",
+                self.store.name,
+            )
+            return None
         self._watched = active | watch
         self._buckets.advance(got.now)
         self._mark = _Mark(got.now, self.store.clock_offset_seconds, began)
@@ -320,10 +330,13 @@ class IncrementalRefresh:
         active: set[Hashable],
         seen: set[Hashable],
         watch: set[Hashable],
-    ) -> None:
+    ) -> bool:
+        """Apply rows read by id; tell whether an id came twice."""
+        repeated = False
         for row, is_active in rows:
             if row.key in active:
                 continue
+            repeated = repeated or row.key in seen
             seen.add(row.key)
             if is_active:
                 # Active again since the active rows were read: counted
@@ -332,6 +345,7 @@ class IncrementalRefresh:
                 watch.add(row.key)
             else:
                 self._buckets.put(row)
+        return repeated
 
     def _params(self) -> dict[str, Any]:
         ts, config = self.store.time_sql(), self.store.config

@@ -36,6 +36,7 @@ from tests.reference import generate_rows
 
 LAG = 60.0
 HOUR = 3600.0
+SECOND = timedelta(seconds=1)
 
 
 @dataclass
@@ -472,6 +473,44 @@ def test_ids_that_are_not_unique_fall_back_to_full_reads(
     s.insert([row("r10", "completed", now - hour, s.now())])
     s.check()
     assert caplog.text.count("share their id") == 1
+
+
+def test_an_id_reused_outside_the_window_is_reconciled_not_confused(
+    db: Database,
+) -> None:
+    # A run id used again two days later: looking the new row up by id
+    # also finds the old one, which must not take its place.
+    table = Table(
+        db.table_name("inc_reused"),
+        MetaData(),
+        Column("id", String(64)),
+        Column("status", String(32)),
+        Column("created_at", DateTime(timezone=True)),
+        Column("started_at", DateTime(timezone=True)),
+        Column("finished_at", DateTime(timezone=True)),
+    )
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    rows = [
+        row("nightly", "processing", now - hour),
+        row("nightly", "completed", now - 50 * hour, now - 49 * hour),
+        row("other", "completed", now - 3 * hour, now - 2 * hour),
+    ]
+    s = make(db, rows, table)
+    s.check(mode="full")
+    s.check()
+    # Finished with a time older than the settle lag: not among the newly
+    # finished rows, so it is looked up by id, and both rows come back.
+    s.write(
+        update(s.table)
+        .where(s.table.c.id == "nightly", s.table.c.status == "processing")
+        .values(status="failed", finished_at=s.now() - 3 * LAG * SECOND)
+    )
+    got = s.check(mode="full")
+    assert got.window_counts["failed"] == 1
+    assert s.incremental.reconciles == 2
+    s.insert([row("late", "completed", now - hour, s.now())])
+    s.check()
 
 
 # Whole-second DATETIME would drop fractions; naive, so the zone applies.
