@@ -40,8 +40,9 @@ class WindowRow:
     ``started`` and ``finished`` say whether the column holds a value;
     ``start`` and ``finish`` are its epoch, None when it holds none or
     (SQLite text) one the database cannot read as a time. ``duration`` is
-    finish minus start as the database computed it. ``moment`` is the
-    time that puts the row in the window (see ``window_by``).
+    finish minus start, the same double subtraction as the full read's.
+    ``moment`` is the time that puts the row in the window (see
+    ``window_by``).
 
     What the mapping decides, settled when the row is read:
     ``needs_finish`` (a finished status that must have a finish time) and
