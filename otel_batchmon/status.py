@@ -30,18 +30,22 @@ class StatusMap:
         self,
         mapping: Mapping[str, Sequence[str | int]],
         case_insensitive: bool = False,
+        pad_space: bool = False,
     ) -> None:
         self.mapping = {k: tuple(v) for k, v in mapping.items()}
         # Matching must agree with the SQL `status IN (...)` of the same
         # refresh: exact on PostgreSQL and SQLite, but MySQL and MariaDB
-        # compare (and group) with a case-insensitive collation by default.
+        # compare (and group) with a case-insensitive collation by default,
+        # and a PAD SPACE collation (MariaDB's default) also ignores
+        # trailing spaces: 'processing ' = 'processing'.
         self.case_insensitive = case_insensitive
+        self.pad_space = pad_space
         self._exact = {
             str(value): canonical
             for canonical, values in self.mapping.items()
             for value in values
         }
-        self._folded = {k.casefold(): v for k, v in self._exact.items()}
+        self._folded = {self._fold(k): v for k, v in self._exact.items()}
         self._warned: set[str | None] = set()
         self._lock = threading.Lock()
 
@@ -51,7 +55,7 @@ class StatusMap:
         if text is not None:
             found = self._exact.get(text)
             if found is None and self.case_insensitive:
-                found = self._folded.get(text.casefold())
+                found = self._folded.get(self._fold(text))
             if found:
                 return found
         with self._lock:
@@ -89,8 +93,16 @@ class StatusMap:
             return False
         text = str(raw)
         if self.case_insensitive:
-            return text.casefold() in self._folded
+            return self._fold(text) in self._folded
         return text in self._exact
+
+    def padded(self, pad_space: bool) -> StatusMap:
+        """The same mapping, ignoring trailing spaces or not."""
+        return StatusMap(self.mapping, self.case_insensitive, pad_space)
+
+    def _fold(self, text: str) -> str:
+        folded = text.casefold()
+        return folded.rstrip(" ") if self.pad_space else folded
 
     def raw_values(self, canonicals: Iterable[str]) -> list[str | int]:
         """Every raw value that maps to one of ``canonicals``."""
@@ -119,7 +131,7 @@ class StatusMap:
             converted[canonical] = tuple(numbers)
         if problems:
             raise ConfigError(problems)
-        return StatusMap(converted, self.case_insensitive)
+        return StatusMap(converted, self.case_insensitive, self.pad_space)
 
     def with_rules(self, mark: str) -> StatusMap:
         """The mapping for a status computed by rules: values compare as
@@ -130,7 +142,7 @@ class StatusMap:
         }
         for canonical in (*CANONICAL_STATUSES, OTHER):
             texts[canonical] = (*texts.get(canonical, ()), mark + canonical)
-        return StatusMap(texts, self.case_insensitive)
+        return StatusMap(texts, self.case_insensitive, self.pad_space)
 
     def for_dialect(self, dialect: str) -> StatusMap:
         """The same mapping, matching case as the dialect's SQL does."""

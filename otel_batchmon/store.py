@@ -89,6 +89,8 @@ class BatchStore:
             connection.dialect.name
         )
         self.bound = bind_relation(self.config, connection, statuses)
+        if statuses.case_insensitive and not self.bound.status_is_integer:
+            statuses = statuses.padded(self._pads_spaces(connection))
         # Rule marks only where rules exist: any extra value in the status
         # lists keeps PostgreSQL off the partial index of active rows.
         if self.config.mapping.status_rules:
@@ -122,6 +124,23 @@ class BatchStore:
         snapshot = self.statuses.snapshot(self.config, rows)
         self.last_snapshot = snapshot
         return snapshot
+
+    def _pads_spaces(self, connection: Connection) -> bool:
+        """Whether the status column's collation ignores trailing spaces
+        (MariaDB's defaults do, MySQL 8's do not), asked of one row."""
+        status = self.role("status")
+        if status is None:
+            return False
+        same = (
+            select(status == func.concat(status, " "))
+            .select_from(self.table_clause())
+            .where(status.isnot(None))
+            .limit(1)
+        )
+        found = connection.execute(same).scalar()
+        # No row to ask: the value cannot matter until one exists, and
+        # the next bind (after a failure or a restart) asks again.
+        return found is None or bool(found)
 
     def time_sql(self) -> TimeSql:
         """The dialect's time expressions for this bound store."""

@@ -513,6 +513,29 @@ def test_an_id_reused_outside_the_window_is_reconciled_not_confused(
     s.check()
 
 
+@pytest.mark.parametrize("first", ["processing", "processing "])
+def test_a_status_with_a_trailing_space_counts_as_sql_compares_it(
+    db: Database, first: str
+) -> None:
+    # MariaDB's default collation ignores trailing spaces, so SQL groups
+    # both spellings as one value and returns either; the mapping must
+    # agree with it whichever comes back. Elsewhere they differ.
+    now = datetime.now(UTC)
+    second = "processing " if first == "processing" else "processing"
+    rows = [
+        row("a", first, now - timedelta(hours=5)),
+        row("b", second, now - timedelta(hours=6)),
+        row("c", "completed", now - timedelta(hours=2), now - HOUR * SECOND),
+    ]
+    s = make(db, rows)
+    got = s.check(mode="full")
+    padded = db.backend == "mariadb"
+    assert got.active_counts["processing"] == (2 if padded else 1)
+    assert got.stuck_count == (2 if padded else 1)
+    assert got.window_counts["other"] == (0 if padded else 1)
+    s.check()
+
+
 # Whole-second DATETIME would drop fractions; naive, so the zone applies.
 NAIVE = DateTime(timezone=False).with_variant(
     mysql.DATETIME(fsp=6), "mysql", "mariadb"
