@@ -298,6 +298,9 @@ class IncrementalRefresh:
             )
             return None
         active = _keys(got.active)
+        if len(active) < sum(row.key is not None for row, _ in got.active):
+            # Two active rows with one id: counted apart only in full.
+            return None
         for key in active:
             self._buckets.discard(key)
         seen: set[Hashable] = set()
@@ -335,6 +338,9 @@ class IncrementalRefresh:
         repeated = False
         for row, is_active in rows:
             if row.key in active:
+                # A finished row read in the same statement as an active
+                # one with its id is another row sharing that id.
+                repeated = repeated or not is_active
                 continue
             repeated = repeated or row.key in seen
             seen.add(row.key)

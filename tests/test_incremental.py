@@ -404,6 +404,18 @@ def test_only_reconciliation_sees_writes_outside_the_watermark(
     s.check()
 
 
+def _table_without_key(db: Database, name: str) -> Table:
+    return Table(
+        db.table_name(name),
+        MetaData(),
+        Column("id", String(64)),
+        Column("status", String(32)),
+        Column("created_at", DateTime(timezone=True)),
+        Column("started_at", DateTime(timezone=True)),
+        Column("finished_at", DateTime(timezone=True)),
+    )
+
+
 def test_reconciliation_is_one_statement_over_the_window(
     db: Database,
 ) -> None:
@@ -434,15 +446,7 @@ def test_ids_that_are_not_unique_fall_back_to_full_reads(
 ) -> None:
     # No primary key: two rows may carry one id, which cannot be held by
     # id; the full read counts both, so the incremental must too.
-    table = Table(
-        db.table_name("inc_shared"),
-        MetaData(),
-        Column("id", String(64)),
-        Column("status", String(32)),
-        Column("created_at", DateTime(timezone=True)),
-        Column("started_at", DateTime(timezone=True)),
-        Column("finished_at", DateTime(timezone=True)),
-    )
+    table = _table_without_key(db, "inc_shared")
     now = datetime.now(UTC)
     hour = timedelta(hours=1)
     rows = [
@@ -475,20 +479,36 @@ def test_ids_that_are_not_unique_fall_back_to_full_reads(
     assert caplog.text.count("share their id") == 1
 
 
+@pytest.mark.parametrize("second", ["processing", "failed"])
+def test_an_id_shared_with_an_active_row_after_a_reconciliation_is_caught(
+    db: Database, second: str
+) -> None:
+    # A second row takes the id of a running one: both active, or the new
+    # one finished (read with the running one in the same statement).
+    table = _table_without_key(db, "inc_shared_later")
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    rows = [
+        row(f"c{n}", "completed", now - 3 * hour, now - 2 * hour)
+        for n in range(4)
+    ]
+    rows.append(row("d", "processing", now - hour))
+    s = make(db, rows, table)
+    s.check(mode="full")
+    s.check()
+    finish = s.now() if second == "failed" else None
+    s.insert([row("d", second, now - hour / 2, finish)])
+    s.check(mode="full")
+    assert s.incremental.reconciles == 2
+    s.check(mode="full")  # full reads while the id is shared
+
+
 def test_an_id_reused_outside_the_window_is_reconciled_not_confused(
     db: Database,
 ) -> None:
     # A run id used again two days later: looking the new row up by id
     # also finds the old one, which must not take its place.
-    table = Table(
-        db.table_name("inc_reused"),
-        MetaData(),
-        Column("id", String(64)),
-        Column("status", String(32)),
-        Column("created_at", DateTime(timezone=True)),
-        Column("started_at", DateTime(timezone=True)),
-        Column("finished_at", DateTime(timezone=True)),
-    )
+    table = _table_without_key(db, "inc_reused")
     now = datetime.now(UTC)
     hour = timedelta(hours=1)
     rows = [
