@@ -164,13 +164,16 @@ class Reader:
         self, config: MonitorConfig, data: Mapping[str, Any]
     ) -> None:
         interval = config.refresh_interval_seconds
-        if config.reconcile_every_seconds < interval:
+        incremental = config.refresh_mode == "incremental"
+        if incremental and config.reconcile_every_seconds < interval:
+            # Unused with full reads, so not an error there.
             self.fail(
                 "reconcile_every",
                 data.get("reconcile_every"),
                 f"{config.reconcile_every_seconds:g}s is shorter than "
-                f"refresh_interval ({interval:g}s); every refresh would be "
-                "a full read",
+                f"refresh_interval ({interval:g}s); every incremental "
+                "refresh would reconcile (use refresh_mode = \"full\" "
+                "instead, or a longer reconcile_every)",
             )
         if config.statement_timeout_seconds >= interval:
             self.fail(

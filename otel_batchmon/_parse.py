@@ -10,6 +10,9 @@ __all__ = ["format_duration", "parse_duration", "split_list"]
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _ORDER = ("d", "h", "m", "s", "ms")
+# A bare number of seconds: digits, an optional fraction and exponent
+# (not float()'s underscores, "inf" or "nan").
+_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 
 
@@ -23,7 +26,7 @@ def parse_duration(value: object, *, signed: bool = False) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        seconds = _parse_text(value.strip(), signed)
+        seconds = _parse_text(value.strip())
     else:
         raise ValueError(f"{value!r} is not a duration")
     if not math.isfinite(seconds):
@@ -33,25 +36,25 @@ def parse_duration(value: object, *, signed: bool = False) -> float:
     return seconds
 
 
-def _parse_text(text: str, signed: bool) -> float:
-    sign = 1.0
-    if signed and text[:1] in "+-":
+def _parse_text(written: str) -> float:
+    # The sign is read whether or not one is allowed, so that "-5m" is
+    # refused as negative (by the caller), not as unreadable.
+    text, sign = written, 1.0
+    if text[:1] in ("+", "-"):
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
-    try:
+    if _NUMBER.fullmatch(text):
         return sign * float(text)
-    except ValueError:
-        pass
     if not text or not _WHOLE.fullmatch(text):
         raise ValueError(
-            f"{text!r} is not a duration; write it like 250ms, 90s, 5m, "
+            f"{written!r} is not a duration; write it like 250ms, 90s, 5m, "
             "4h, 1d or 1h30m"
         )
     parts = _PART.findall(text)
     ranks = [_ORDER.index(unit) for _, unit in parts]
     if ranks != sorted(set(ranks)):
         raise ValueError(
-            f"{text!r} repeats a unit or puts a smaller one first; write "
+            f"{written!r} repeats a unit or puts a smaller one first; write "
             "each unit once, largest first, like 1d12h or 1h30m"
         )
     return sign * sum(float(number) * _UNITS[unit] for number, unit in parts)

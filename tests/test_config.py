@@ -31,10 +31,24 @@ def test_durations_read_as_seconds(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "4x", "h", "-5m", "24 hours", "nan"])
+@pytest.mark.parametrize(
+    "text", ["", "4x", "h", "-5m", "24 hours", "nan", "1_000", "1_0s"]
+)
 def test_bad_durations_say_how_to_write_one(text: str) -> None:
     with pytest.raises(ValueError, match=r"duration|negative|finite"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["-5m", "-60", "-1h30m"])
+def test_negative_durations_say_so(text: str) -> None:
+    with pytest.raises(ValueError, match="is negative"):
+        parse_duration(text)
+
+
+def test_signed_duration_errors_quote_the_value_as_written() -> None:
+    with pytest.raises(ValueError, match="'-1h1h'"):
+        parse_duration("-1h1h", signed=True)
+    assert parse_duration("-1h30m", signed=True) == -5400
 
 
 @pytest.mark.parametrize("text", ["1h1h", "30m1h", "5s250ms500ms", "1m1d"])
@@ -131,6 +145,20 @@ def test_timeout_not_shorter_than_interval_is_refused() -> None:
                 "statement_timeout": "5s",
             }
         )
+
+
+def test_reconcile_every_below_the_interval_matters_only_when_incremental(
+) -> None:
+    settings = {
+        "database_url": URL,
+        "table": "t",
+        "refresh_interval": "30s",
+        "reconcile_every": "10s",
+    }
+    config = parse_config(settings)
+    assert config.refresh_mode == "full"
+    with pytest.raises(ConfigError, match=r"reconcile_every.*would reconcile"):
+        parse_config({**settings, "refresh_mode": "incremental"})
 
 
 def test_unknown_time_zone_is_refused_with_examples() -> None:
