@@ -172,7 +172,7 @@ class Reader:
                 data.get("reconcile_every"),
                 f"{config.reconcile_every_seconds:g}s is shorter than "
                 f"refresh_interval ({interval:g}s); every incremental "
-                "refresh would reconcile (use refresh_mode = \"full\" "
+                'refresh would reconcile (use refresh_mode = "full" '
                 "instead, or a longer reconcile_every)",
             )
         if config.statement_timeout_seconds >= interval:
