@@ -147,9 +147,7 @@ def test_timeout_not_shorter_than_interval_is_refused() -> None:
         )
 
 
-def test_reconcile_every_below_the_interval_matters_only_when_incremental() -> (
-    None
-):
+def test_reconcile_every_is_checked_only_when_incremental() -> None:
     settings = {
         "database_url": URL,
         "table": "t",
