@@ -404,6 +404,15 @@ def test_only_reconciliation_sees_writes_outside_the_watermark(
     s.check()
 
 
+def _completed(prefix: str, count: int, now: datetime) -> list[dict[str, Any]]:
+    """Completed rows well inside the window, ids prefix0, prefix1, ..."""
+    hour = timedelta(hours=1)
+    return [
+        row(f"{prefix}{n}", "completed", now - 3 * hour, now - 2 * hour)
+        for n in range(count)
+    ]
+
+
 def _table_without_key(db: Database, name: str) -> Table:
     return Table(
         db.table_name(name),
@@ -449,10 +458,7 @@ def test_ids_that_are_not_unique_fall_back_to_full_reads(
     table = _table_without_key(db, "inc_shared")
     now = datetime.now(UTC)
     hour = timedelta(hours=1)
-    rows = [
-        row(f"r{n}", "completed", now - 3 * hour, now - 2 * hour)
-        for n in range(5)
-    ]
+    rows = _completed("r", 5, now)
     rows += [
         row("r0", "failed", now - 4 * hour, now - 3 * hour),
         row("r1", "processing", now - hour),
@@ -488,10 +494,7 @@ def test_an_id_shared_with_an_active_row_after_a_reconciliation_is_caught(
     table = _table_without_key(db, "inc_shared_later")
     now = datetime.now(UTC)
     hour = timedelta(hours=1)
-    rows = [
-        row(f"c{n}", "completed", now - 3 * hour, now - 2 * hour)
-        for n in range(4)
-    ]
+    rows = _completed("c", 4, now)
     rows.append(row("d", "processing", now - hour))
     s = make(db, rows, table)
     s.check(mode="full")
