@@ -165,6 +165,8 @@ def _check_store(
             print(f"  columns: {_roles(store_config, bound)}", file=out)
             _report_statuses(store, connection, out)
             _report_indexes(store, connection, out)
+            if config.refresh_mode == "incremental":
+                _report_identity(store, connection, out)
             _report_metrics(store, out)
             snapshot = store.read(connection)
             print("  refresh: ok", file=out)
@@ -290,6 +292,41 @@ def _report_indexes(
     for advice in missing:
         print(f"    -- {advice.purpose}", file=out)
         print(f"    {advice.statement(connection.dialect)}", file=out)
+
+
+def _report_identity(
+    store: BatchStore, connection: Connection, out: TextIO
+) -> None:
+    """Incremental reads hold rows by id: say when nothing keeps it
+    unique (a plain table only; a relation's ids are the framework's)."""
+    bound = store.bound
+    assert bound is not None
+    key = bound.columns.get("id")
+    if bound.mapped or key is None:
+        return
+    found = inspect(connection)
+    name, schema = bound.name, bound.schema
+    primary = found.get_pk_constraint(name, schema=schema)
+    keys: list[list[str]] = [list(primary.get("constrained_columns") or ())]
+    keys += [
+        list(unique["column_names"])
+        for unique in found.get_unique_constraints(name, schema=schema)
+    ]
+    keys += [
+        [str(c) for c in index["column_names"]]
+        for index in found.get_indexes(name, schema=schema)
+        if index.get("unique")
+    ]
+    if [key] in keys:
+        return
+    print(
+        f"  warning: refresh_mode = incremental holds rows by id, but no "
+        f"primary key or unique index keeps {key} unique; rows sharing an "
+        "id are read in full once a reconciliation finds them, and until "
+        "then a new row taking a finished row's id replaces it in the "
+        "counts (add a unique index, or map id to a unique column)",
+        file=out,
+    )
 
 
 def _preset_index_advice(config: StoreConfig) -> str | None:

@@ -268,6 +268,32 @@ def test_check_prints_create_index_for_missing_indexes(
     assert result.stdout.count("CREATE INDEX") >= 3
 
 
+@pytest.mark.parametrize("key", ["PRIMARY KEY", ""])
+def test_check_warns_when_incremental_reads_have_no_unique_id(
+    db: Database, key: str
+) -> None:
+    name = db.table_name()
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                f"CREATE TABLE {name} (id VARCHAR(40) {key}, "
+                "status VARCHAR(20), started_at TIMESTAMP NULL, "
+                "finished_at TIMESTAMP NULL)"
+            )
+        )
+    env = _clean_env(
+        OTEL_BATCHMON_DATABASE_URL=db.url,
+        OTEL_BATCHMON_TABLE=name,
+        OTEL_BATCHMON_REFRESH_MODE="incremental",
+    )
+    result = run_cli("check", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    warned = "no primary key or unique index keeps id unique" in result.stdout
+    assert warned == (not key), result.stdout
+    result = run_cli("check", env={**env, "OTEL_BATCHMON_REFRESH_MODE": ""})
+    assert "keeps id unique" not in result.stdout
+
+
 def test_demo_runs_on_a_fresh_sqlite_file_and_shows_the_stuck_batch(
     tmp_path: Path,
 ) -> None:
