@@ -10,6 +10,7 @@ SQL texts.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -21,9 +22,10 @@ import yaml
 
 from refresh.sql import QE_METRICS, query_exporter_queries
 
-QE_VENV = Path("/tmp/qe-venv")
+# Its own venv, so its dependencies never meet ours.
+QE_VENV = Path(os.environ.get("BATCHMON_BENCH_QE_VENV", "/tmp/qe-venv"))
 INSTALL = (
-    "python3 -m venv /tmp/qe-venv && /tmp/qe-venv/bin/pip install "
+    f"python3 -m venv {QE_VENV} && {QE_VENV}/bin/pip install "
     "query-exporter 'psycopg[binary]' pymysql"
 )
 _MAX_SCRAPES = 20
