@@ -85,6 +85,16 @@ class BatchStore:
 
     def bind(self, connection: Connection) -> BoundTable:
         """Check the mapping against the real table; raise ConfigError."""
+        try:
+            return self._bind(connection)
+        except BaseException:
+            # Half bound (a query here failed or timed out): the next
+            # refresh must bind again, not read with what was left.
+            self.bound = None
+            self._statement = None
+            raise
+
+    def _bind(self, connection: Connection) -> BoundTable:
         statuses = StatusMap(self.config.statuses).for_dialect(
             connection.dialect.name
         )
@@ -101,7 +111,6 @@ class BatchStore:
         self._time = time_sql_for(self.bound.dialect, self.config.timezone)
         problem = self._time.zone_problem(connection)
         if problem:
-            self.bound = None
             raise ConfigError([f"stores.{self.name}.timezone: {problem}"])
         self._statement = self._refresh_statement()
         return self.bound
