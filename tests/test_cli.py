@@ -245,18 +245,24 @@ def test_init_db_creates_the_table_once_and_check_reports_on_it(
     assert "refresh: ok" in result.stdout
 
 
-def test_check_prints_create_index_for_missing_indexes(
-    db: Database,
-) -> None:
+def _bare_table(db: Database, key: str) -> str:
+    """A batch table with no index but ``key`` (a constraint or "")."""
     name = db.table_name()
     with db.engine.begin() as connection:
         connection.execute(
             text(
-                f"CREATE TABLE {name} (id VARCHAR(40) PRIMARY KEY, "
+                f"CREATE TABLE {name} (id VARCHAR(40) {key}, "
                 "status VARCHAR(20), started_at TIMESTAMP NULL, "
                 "finished_at TIMESTAMP NULL)"
             )
         )
+    return name
+
+
+def test_check_prints_create_index_for_missing_indexes(
+    db: Database,
+) -> None:
+    name = _bare_table(db, "PRIMARY KEY")
     result = run_cli(
         "check",
         env=_clean_env(
@@ -272,15 +278,7 @@ def test_check_prints_create_index_for_missing_indexes(
 def test_check_warns_when_incremental_reads_have_no_unique_id(
     db: Database, key: str
 ) -> None:
-    name = db.table_name()
-    with db.engine.begin() as connection:
-        connection.execute(
-            text(
-                f"CREATE TABLE {name} (id VARCHAR(40) {key}, "
-                "status VARCHAR(20), started_at TIMESTAMP NULL, "
-                "finished_at TIMESTAMP NULL)"
-            )
-        )
+    name = _bare_table(db, key)
     env = _clean_env(
         OTEL_BATCHMON_DATABASE_URL=db.url,
         OTEL_BATCHMON_TABLE=name,
