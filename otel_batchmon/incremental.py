@@ -198,7 +198,7 @@ class IncrementalRefresh:
         began = time.monotonic()
         reads = self._reads_for_binding()
         got = reads.run(connection, reads.seed, self._params())
-        shared = _shared_ids(got)
+        shared = _repeats((*got.active, *got.rows))
         self._warn_shared(shared)
         before = self._held_tally(got.now)
         self._buckets.clear()
@@ -297,10 +297,10 @@ class IncrementalRefresh:
                 self.store.name,
             )
             return None
-        active = _keys(got.active)
-        if len(active) < sum(row.key is not None for row, _ in got.active):
+        if _repeats(got.active):
             # Two active rows with one id: counted apart only in full.
             return None
+        active = _keys(got.active)
         for key in active:
             self._buckets.discard(key)
         seen: set[Hashable] = set()
@@ -461,11 +461,11 @@ def _keys(rows: Iterable[tuple[WindowRow, bool]]) -> set[Hashable]:
     return {row.key for row, _ in rows if row.key is not None}
 
 
-def _shared_ids(got: WindowRead) -> int:
-    """How many rows of a seed read share their id with another row."""
+def _repeats(rows: Iterable[tuple[WindowRow, bool]]) -> int:
+    """How many rows share their id with a row before them."""
     seen: set[Hashable] = set()
     shared = 0
-    for row, _ in (*got.active, *got.rows):
+    for row, _ in rows:
         if row.key is None:
             continue
         if row.key in seen:
